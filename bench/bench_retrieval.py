@@ -1,0 +1,225 @@
+"""Retrieval metrics at COCO-5K size: counting in chunks vs bare matmul vs full-matrix argsort.
+
+Run: ``python bench/bench_retrieval.py [--repeats N] [--tune]``. Candidates run side by side
+in one process, alternating within every repeat, and medians are reported:
+
+(a) the bare similarity matmul ``img @ txt.T`` (a floor: no metric can be cheaper);
+(b) ``retrieval_metrics_from_embeddings`` (chunked scores, ranks by counting);
+(c) the usual pattern: the full matrix, then a stable argsort of every query row in both
+    directions to find each positive's position (row blocks, vectorised: a fast version).
+
+Peak extra memory is measured in a fresh subprocess per candidate (see ``memory_probe``).
+Thread counts are left at the library defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
+
+from harness.eval.retrieval import (  # noqa: E402
+    DEFAULT_CHUNK_SIZE,
+    metrics_from_ranks,
+    retrieval_metrics_from_embeddings,
+)
+
+N_IMAGES, N_TEXTS, DIM = 5000, 25010, 256
+SORT_BLOCK = 1000  # rows argsorted at once by (c); the full int64 order would need 1 GB
+
+
+def make_inputs(seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Random L2-normalised embeddings; captions grouped by image, 10 images have six."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.empty(N_IMAGES, DIM)
+    txt = torch.empty(N_TEXTS, DIM)
+    # Filled in blocks so that creating the inputs leaves no high-water mark above them.
+    for x in (img, txt):
+        for i0 in range(0, x.shape[0], 1024):
+            block = torch.randn(min(1024, x.shape[0] - i0), DIM, generator=g)
+            x[i0 : i0 + block.shape[0]] = torch.nn.functional.normalize(block, dim=1)
+    extra = torch.arange(0, N_IMAGES, N_IMAGES // (N_TEXTS - 5 * N_IMAGES))
+    txt2img = torch.cat([torch.arange(N_IMAGES).repeat_interleave(5), extra]).sort().values
+    return img, txt, txt2img
+
+
+def bare_matmul(img: Tensor, txt: Tensor, txt2img: Tensor) -> None:
+    """(a) The similarity matrix alone."""
+    sims = img @ txt.T
+    del sims
+
+
+def counting(img: Tensor, txt: Tensor, txt2img: Tensor, chunk: int = DEFAULT_CHUNK_SIZE) -> dict:
+    """(b) The harness implementation."""
+    return retrieval_metrics_from_embeddings(img, txt, txt2img, chunk_size=chunk)
+
+
+def _positions(rows: Tensor) -> Tensor:
+    """Position of every column in its row's stable descending order."""
+    order = torch.argsort(rows, dim=1, descending=True, stable=True)
+    places = torch.arange(rows.shape[1]).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, places)
+
+
+def argsort_baseline(img: Tensor, txt: Tensor, txt2img: Tensor) -> dict:
+    """(c) Full matrix, then argsort every image row and every caption column."""
+    sims = img @ txt.T
+    counts = torch.bincount(txt2img, minlength=N_IMAGES)
+    starts = torch.cumsum(counts, 0) - counts  # captions are grouped by image here
+    own = starts[:, None] + torch.minimum(torch.arange(int(counts.max())), counts[:, None] - 1)
+    i2t = torch.empty(N_IMAGES, dtype=torch.long)
+    for i0 in range(0, N_IMAGES, SORT_BLOCK):
+        place = _positions(sims[i0 : i0 + SORT_BLOCK])
+        i2t[i0 : i0 + SORT_BLOCK] = place.gather(1, own[i0 : i0 + SORT_BLOCK]).amin(1) + 1
+    t2i = torch.empty(N_TEXTS, dtype=torch.long)
+    for j0 in range(0, N_TEXTS, SORT_BLOCK):
+        place = _positions(sims[:, j0 : j0 + SORT_BLOCK].T)
+        t2i[j0 : j0 + SORT_BLOCK] = place.gather(1, txt2img[j0 : j0 + SORT_BLOCK, None])[:, 0] + 1
+    return metrics_from_ranks(i2t, t2i)
+
+
+CANDIDATES: dict[str, tuple[str, Callable]] = {
+    "a": ("(a) img @ txt.T (bare matmul)", bare_matmul),
+    "b": ("(b) retrieval_metrics_from_embeddings", counting),
+    "c": ("(c) full matrix + argsort both ways", argsort_baseline),
+}
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list]:
+    """Wall times per candidate; one warm-up each, then candidates alternate every repeat."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list] = {name: [] for name in fns}
+    for r in range(repeats):
+        names = list(fns) if r % 2 == 0 else list(reversed(fns))  # no fixed position bias
+        for name in names:
+            gc.collect()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset this process's RSS high-water mark (VmHWM); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def memory_probe(key: str, chunk: int) -> dict:
+    """In this (fresh) process: RSS high-water mark during one run minus RSS before it."""
+    img, txt, txt2img = make_inputs()
+    gc.collect()
+    reset = _reset_peak()
+    before, peak_before = _status_kib("VmRSS"), _status_kib("VmHWM")
+    fn = CANDIDATES[key][1]
+    fn(img, txt, txt2img, chunk) if key == "b" else fn(img, txt, txt2img)
+    peak = _status_kib("VmHWM")
+    return {
+        "extra_mib": (peak - before) / 1024,
+        # Without a reset, a mark set while building the inputs could hide the run's peak.
+        "lower_bound_only": not reset and peak == peak_before and peak_before > before,
+        "inputs_mib": before / 1024,
+    }
+
+
+def measure_memory(key: str, chunk: int) -> dict:
+    """Run memory_probe in a subprocess so earlier candidates cannot set the mark."""
+    cmd = [sys.executable, __file__, "--memory-probe", key, "--chunk-size", str(chunk)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _agree(x: dict, y: dict) -> bool:
+    return x.keys() == y.keys() and all(abs(x[k] - y[k]) < 1e-9 for k in x)
+
+
+def run(repeats: int, tune: bool) -> None:
+    """Time (a), (b), (c), measure memory, print the table and ratios."""
+    img, txt, txt2img = make_inputs()
+    print(
+        f"inputs: {N_IMAGES} images, {N_TEXTS} captions, dim {DIM}, fp32, CPU, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads (library default)"
+    )
+    agree = _agree(counting(img, txt, txt2img), argsort_baseline(img, txt, txt2img))
+    print(f"(b) and (c) give identical metrics: {agree}")
+    fns = {k: (lambda f=f: f(img, txt, txt2img)) for k, (_, f) in CANDIDATES.items()}
+    times = time_side_by_side(fns, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    memory = {k: measure_memory(k, DEFAULT_CHUNK_SIZE) for k in CANDIDATES}
+    print(f"\nmedian of {repeats} alternating repeats (chunk_size={DEFAULT_CHUNK_SIZE})")
+    print(f"{'candidate':42s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'peak extra MiB':>15s}")
+    for k, (label, _) in CANDIDATES.items():
+        mem = memory[k]
+        flag = " (lower bound)" if mem["lower_bound_only"] else ""
+        print(
+            f"{label:42s} {med[k]:9.3f} {min(times[k]):7.3f} {max(times[k]):7.3f} "
+            f"{mem['extra_mib']:15.0f}{flag}"
+        )
+    print(f"\n(b)/(a) = {med['b'] / med['a']:.2f}x   target <= 1.5x")
+    print(f"(c)/(b) = {med['c'] / med['b']:.2f}x   target >= 5x")
+    print(f"(b) peak extra memory = {memory['b']['extra_mib']:.0f} MiB   target <= 1024 MiB")
+    print(
+        "memory: each candidate runs once in a fresh subprocess after building the inputs "
+        f"(~{memory['b']['inputs_mib']:.0f} MiB RSS incl. torch); peak extra = RSS high-water "
+        "mark (getrusage ru_maxrss) after the run minus RSS just before it."
+    )
+    if tune:
+        tune_chunk_size(img, txt, txt2img, repeats)
+
+
+def tune_chunk_size(img: Tensor, txt: Tensor, txt2img: Tensor, repeats: int) -> None:
+    """Side-by-side (b) for several chunk sizes against (a), with memory for each."""
+    sizes = (128, 256, 512, 1024, 2048)
+    fns = {"a": lambda: bare_matmul(img, txt, txt2img)}
+    fns.update({str(c): (lambda c=c: counting(img, txt, txt2img, c)) for c in sizes})
+    times = time_side_by_side(fns, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\nchunk_size sweep (median of {repeats}); bare matmul {med['a']:.3f} s")
+    print(f"{'chunk_size':>10s} {'median s':>9s} {'/(a)':>6s} {'peak extra MiB':>15s}")
+    for c in sizes:
+        mem = measure_memory("b", c)["extra_mib"]
+        print(f"{c:10d} {med[str(c)]:9.3f} {med[str(c)] / med['a']:6.2f} {mem:15.0f}")
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per candidate")
+    parser.add_argument("--tune", action="store_true", help="also sweep chunk_size")
+    parser.add_argument("--memory-probe", choices=list(CANDIDATES), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe, args.chunk_size)))
+        return
+    run(args.repeats, args.tune)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""COOKIE: dual-stream encoders with a weight-sharing transformer and three contrastive losses."""

@@ -1,0 +1,1 @@
+"""COOKIE reproducibility harness: shared data, training, evaluation, launch and analysis."""

@@ -1,0 +1,1 @@
+"""harness.analysis package."""

@@ -1,0 +1,84 @@
+"""Torch datasets and batching shared by every model: training pairs and evaluation galleries."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from harness.data.images import load_rgb
+from harness.data.karpathy import CaptionCorpus
+from harness.data.transforms import ImageTransform
+
+Item = dict[str, Any]
+
+
+class CaptionPairs(Dataset[Item]):
+    """Training form: one item per caption, with its image and the image's index as id.
+
+    ``image_views=2`` adds a second augmented view (``image2``); ``second_caption`` adds another
+    caption of the same image (``caption2``, the caption itself when it is the only one).
+    """
+
+    def __init__(self, corpus: CaptionCorpus, transform: ImageTransform, *,
+                 image_views: int = 1, second_caption: bool = False, seed: int = 0) -> None:
+        self.corpus = corpus
+        self.transform = transform
+        self.image_views = image_views
+        self.second_caption = second_caption
+        self._img2txt = corpus.img2txt() if second_caption else None
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return self.corpus.n_texts
+
+    def __getitem__(self, index: int) -> Item:
+        image_index = self.corpus.txt2img[index]
+        image = load_rgb(self.corpus.image_paths[image_index])
+        item: Item = {"image": self.transform(image), "caption": self.corpus.captions[index],
+                      "image_id": image_index}
+        if self.image_views > 1:
+            item["image2"] = self.transform(image)
+        if self._img2txt is not None:
+            others = [t for t in self._img2txt[image_index] if t != index] or [index]
+            # Seeded by index so a resumed run sees the same pairing as an uninterrupted one.
+            item["caption2"] = self.corpus.captions[random.Random(self._seed * 1_000_003 + index)
+                                                    .choice(others)]
+        return item
+
+
+class ImageFiles(Dataset[Tensor]):
+    """Evaluation form of a gallery: the images of a split, in corpus order."""
+
+    def __init__(self, paths: Sequence[Path], transform: ImageTransform) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(load_rgb(self.paths[index]))
+
+
+def make_collate(tokenize: Callable[[Sequence[str]], dict[str, Tensor]]
+                 ) -> Callable[[list[Item]], dict[str, Tensor]]:
+    """Collate items into a model batch, tokenising captions once per batch (in the worker)."""
+
+    def collate(items: list[Item]) -> dict[str, Tensor]:
+        batch = {"images": torch.stack([it["image"] for it in items]),
+                 "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long)}
+        batch.update(tokenize([it["caption"] for it in items]))
+        if "image2" in items[0]:
+            batch["images2"] = torch.stack([it["image2"] for it in items])
+        if "caption2" in items[0]:
+            second = tokenize([it["caption2"] for it in items])
+            batch["input_ids2"] = second["input_ids"]
+            batch["attention_mask2"] = second["attention_mask"]
+        return batch
+
+    return collate

@@ -1,0 +1,110 @@
+"""Grids: models x datasets x a pipeline of tasks, expanded into an ordered DAG of stages.
+
+A grid file (``configs/grid/<name>.yaml``)::
+
+    name: table2
+    claim: "what paper claim this reproduces"
+    experiments:
+      - models: [cookie, clip]
+        datasets: [coco, flickr30k]
+        overrides: ["task.steps=1000"]          # optional, for every stage of the experiment
+        pipeline:
+          - {task: pretrain, data: synthetic}   # a stage may train on another dataset
+          - finetune                            # depends on the previous training stage
+          - eval                                # evaluates the last training stage
+
+Each stage's config names its parent's run directory (``task.init_from``), so identical
+stages in different grids (same model, data, overrides and parent) share one directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from omegaconf import DictConfig
+
+from harness.config import compose, to_plain
+from harness.launch.store import Status, stage_dir, stage_status
+
+TRAINING_TASKS = ("pretrain", "finetune")
+# Overrides that steer the launcher, not what a stage computes.
+LAUNCH_KEYS = ("grid", "cluster", "dry_run", "print_config", "wait")
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a grid, resolved: its config, run directory and parent."""
+
+    label: str
+    task: str
+    model: str
+    dataset: str
+    overrides: tuple[str, ...]
+    cfg: DictConfig
+    run_dir: Path
+    parent: PlannedStage | None
+
+    def status(self) -> Status:
+        """done / running / failed / pending, from the run directory."""
+        return stage_status(self.run_dir)
+
+
+def stage_overrides(cli_overrides: Iterable[str]) -> list[str]:
+    """The command-line overrides that apply to every stage (launcher keys removed)."""
+    keep = []
+    for item in cli_overrides:
+        key = item.partition("=")[0].lstrip("+~")
+        if key.split(".")[0] not in LAUNCH_KEYS:
+            keep.append(item)
+    return keep
+
+
+def _pipeline_item(item: Any, dataset: str) -> tuple[str, str, list[str]]:
+    if isinstance(item, str):
+        return item, dataset, []
+    if isinstance(item, Mapping) and "task" in item:
+        return str(item["task"]), str(item.get("data", dataset)), list(item.get("overrides", []))
+    raise ValueError(f"grid pipeline item {item!r} must be a task name or {{task: ..., ...}}")
+
+
+def plan_grid(grid: Mapping[str, Any], cli_overrides: Sequence[str], run_root: Path
+              ) -> list[PlannedStage]:
+    """Every stage of ``grid`` in dependency order, shared stages listed once."""
+    experiments = grid.get("experiments")
+    if not experiments:
+        raise ValueError(f"grid {grid.get('name')!r} has no experiments")
+    base = stage_overrides(cli_overrides)
+    plan: dict[Path, PlannedStage] = {}
+    for experiment in experiments:
+        extra = list(experiment.get("overrides", []))
+        for model in experiment["models"]:
+            for dataset in experiment["datasets"]:
+                parent: PlannedStage | None = None
+                for item in experiment["pipeline"]:
+                    task, data, own = _pipeline_item(item, dataset)
+                    overrides = [f"task={task}", f"model={model}", f"data={data}", *base,
+                                 *extra, *own]
+                    if parent is not None:
+                        overrides.append(f"task.init_from={parent.run_dir.name}")
+                    cfg = compose(overrides)
+                    run_dir = stage_dir(cfg, run_root)
+                    stage = plan.get(run_dir) or PlannedStage(
+                        label=f"{task}:{model}:{data}", task=task, model=model, dataset=data,
+                        overrides=tuple(overrides), cfg=cfg, run_dir=run_dir, parent=parent)
+                    plan.setdefault(run_dir, stage)
+                    if task in TRAINING_TASKS:
+                        parent = stage
+    return list(plan.values())
+
+
+def format_plan(plan: Sequence[PlannedStage]) -> str:
+    """One line per stage: ``<stage_id> <task> <model> <dataset> <status>``."""
+    return "\n".join(f"{s.run_dir.name} {s.task} {s.model} {s.dataset} {s.status()}"
+                     for s in plan)
+
+
+def grid_config(cfg: DictConfig) -> dict[str, Any]:
+    """The grid section of a composed config, as plain data."""
+    return to_plain(cfg.grid)

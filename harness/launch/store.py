@@ -1,0 +1,115 @@
+"""Run directories: identity by config hash, atomic writes, and stage status markers.
+
+A stage's directory is ``<run_root>/<task>-<model>-<dataset>-<hash8>``; the hash covers the
+stage's resolved config (which names the directories of the stages it depends on), so the
+same stage in two grids shares one directory and runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+Status = Literal["done", "running", "failed", "pending"]
+
+DONE_MARKER = "COMPLETE"
+FAILED_MARKER = "FAILED"
+RUNNING_MARKER = "RUNNING"
+
+# Keys that say where things are or how fast to run, not what is computed: two machines with
+# data in different folders must agree on a stage's identity.
+NON_IDENTITY_KEYS: tuple[str, ...] = (
+    "data.root", "data.annotation", "data.image_root", "data.pretrain_manifest",
+    "data.pretrain_shards", "data.vocab_cache", "data.num_workers", "data.check_images",
+    "task.log_every", "task.num_workers", "task.device",
+)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """JSON (sorted keys, indented) written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _drop_key(tree: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head not in tree:
+        return
+    if rest:
+        if isinstance(tree[head], dict):
+            _drop_key(tree[head], rest)
+    else:
+        del tree[head]
+
+
+def stage_hash(identity: Mapping[str, Any]) -> str:
+    """First 8 hex digits of the SHA-256 of the identity-relevant part of a resolved config."""
+    tree = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    for key in NON_IDENTITY_KEYS:
+        _drop_key(tree, key)
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def stage_dir_name(task: str, model: str, dataset: str, identity: Mapping[str, Any]) -> str:
+    """``<task>-<model>-<dataset>-<hash8>``."""
+    return f"{task}-{model}-{dataset}-{stage_hash(identity)}"
+
+
+def stage_identity(cfg: Any) -> dict[str, Any]:
+    """The part of a composed config that decides what a stage computes."""
+    from harness.config import to_plain
+
+    return {key: to_plain(cfg[key]) for key in ("task", "model", "data", "scale", "seed")}
+
+
+def stage_dir(cfg: Any, run_root: Path) -> Path:
+    """Where the stage described by a composed config keeps its outputs."""
+    return run_root / stage_dir_name(cfg.task.name, cfg.model.name, cfg.data.name,
+                                     stage_identity(cfg))
+
+
+def stage_status(run_dir: Path) -> Status:
+    """done / failed / running / pending, read from the markers in ``run_dir``."""
+    if (run_dir / DONE_MARKER).is_file():
+        return "done"
+    if (run_dir / FAILED_MARKER).is_file():
+        return "failed"
+    if (run_dir / RUNNING_MARKER).is_file():
+        return "running"
+    return "pending"
+
+
+def mark(run_dir: Path, marker: str, **info: Any) -> None:
+    """Write a status marker (with a timestamp and details), clearing the other markers."""
+    for other in (DONE_MARKER, FAILED_MARKER, RUNNING_MARKER):
+        if other != marker:
+            (run_dir / other).unlink(missing_ok=True)
+    atomic_write_json(run_dir / marker, {"time": time.time(), **info})
+
+
+def read_marker(run_dir: Path, marker: str) -> dict[str, Any]:
+    """Details stored in a marker, or an empty dict."""
+    try:
+        return json.loads((run_dir / marker).read_text())
+    except (OSError, ValueError):
+        return {}

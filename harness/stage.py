@@ -1,0 +1,183 @@
+"""Run one stage (pretrain / finetune / eval) in this process, inside its run directory."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import to_plain
+from harness.data.karpathy import CaptionCorpus, load_captions
+from harness.data.loaders import CaptionPairs, make_collate
+from harness.data.pretrain import ManifestPairs, load_manifest
+from harness.data.report import DataError, DataReport
+from harness.data.text import Tokenizer, resolve_tokenizer
+from harness.data.transforms import build_transform
+from harness.eval.features import encode_images, encode_texts
+from harness.eval.results import make_result, write_result
+from harness.eval.retrieval import retrieval_metrics_from_embeddings
+from harness.launch.provenance import environment
+from harness.launch.store import (
+    DONE_MARKER,
+    FAILED_MARKER,
+    RUNNING_MARKER,
+    atomic_write_json,
+    atomic_write_text,
+    mark,
+    stage_dir,
+    stage_status,
+)
+from harness.registry import MODELS
+from harness.train.checkpoint import load_checkpoint
+from harness.train.loop import train
+
+TaskFn = Callable[[DictConfig, Path, Path], dict[str, Any]]
+
+
+def _prepare_data(cfg: DictConfig) -> None:
+    if cfg.data.get("generate"):
+        from harness.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(Path(cfg.data.root), **to_plain(cfg.data.generate))
+
+
+def _corpus(cfg: DictConfig, split: str, report: DataReport) -> CaptionCorpus:
+    return load_captions(Path(cfg.data.annotation), Path(cfg.data.image_root), split,
+                         name=cfg.data.name, fmt=cfg.data.format, report=report,
+                         check_images=bool(cfg.data.check_images))
+
+
+def _parent(cfg: DictConfig, run_root: Path, required: bool) -> Path | None:
+    if not cfg.task.get("init_from"):
+        if required:
+            raise ValueError(f"task={cfg.task.name} needs task.init_from=<run dir of a trained "
+                             f"stage under {run_root}>")
+        return None
+    parent = run_root / cfg.task.init_from
+    if stage_status(parent) != "done":
+        raise FileNotFoundError(f"task.init_from={cfg.task.init_from}: {parent} is not a "
+                                f"completed stage (status: {stage_status(parent)})")
+    return parent
+
+
+def _build_model(cfg: DictConfig, tokenizer: Tokenizer) -> torch.nn.Module:
+    factory = MODELS.get(cfg.model.name)
+    return factory(to_plain(cfg.model), vocab_size=tokenizer.vocab_size)
+
+
+def _transform(cfg: DictConfig, train: bool) -> Any:
+    return build_transform(int(cfg.model.image_size), to_plain(cfg.data.augment), train=train,
+                           mean=tuple(cfg.model.mean), std=tuple(cfg.model.std))
+
+
+def train_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
+    """Pretrain on a pair corpus or fine-tune on a caption dataset's train split."""
+    report = DataReport(cfg.data.on_bad_sample)
+    inputs = cfg.model.get("train_inputs") or {}
+    views = int(inputs.get("image_views", 1))
+    if cfg.task.name == "pretrain":
+        if not cfg.data.get("pretrain_manifest"):
+            raise DataError(f"data={cfg.data.name} has no pretrain_manifest for task=pretrain")
+        pairs = load_manifest(Path(cfg.data.pretrain_manifest), report,
+                              check_images=bool(cfg.data.check_images))
+        captions = [caption for _, caption in pairs]
+        dataset: Any = ManifestPairs(pairs, _transform(cfg, train=True), image_views=views)
+    else:
+        corpus = _corpus(cfg, cfg.data.train_split, report)
+        captions = corpus.captions
+        dataset = CaptionPairs(corpus, _transform(cfg, train=True), image_views=views,
+                               second_caption=bool(inputs.get("second_caption", False)),
+                               seed=int(cfg.seed))
+    report.write(run_dir / "data_report.json")
+    parent = _parent(cfg, run_root, required=False)
+    tokenizer = resolve_tokenizer(
+        vocab_dir=cfg.data.vocab_dir, inherited=parent / "tokenizer" if parent else None,
+        captions=captions, cache_root=Path(cfg.data.vocab_cache),
+        max_len=int(cfg.data.max_text_len), vocab_size=int(cfg.data.vocab_size))
+    tokenizer.save(run_dir / "tokenizer")
+    model = _build_model(cfg, tokenizer)
+    init = load_checkpoint(parent / "checkpoints" / "latest.pt")["model"] if parent else None
+    summary = train(model, dataset, make_collate(tokenizer), to_plain(cfg.task), run_dir,
+                    init_state=init)
+    return {"split": cfg.data.train_split if cfg.task.name == "finetune" else "pretrain",
+            "train": {"steps": summary.steps, "samples_seen": summary.samples_seen,
+                      "wall_s": round(summary.wall_s, 3), "final_losses": summary.final_losses,
+                      "batch_size": int(cfg.task.batch_size)},
+            "data_report": report.summary()}
+
+
+def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
+    """Retrieval metrics of a trained stage's checkpoint on ``task.split``."""
+    parent = _parent(cfg, run_root, required=True)
+    assert parent is not None
+    report = DataReport(cfg.data.on_bad_sample)
+    corpus = _corpus(cfg, cfg.task.split, report)
+    report.write(run_dir / "data_report.json")
+    tokenizer = Tokenizer(parent / "tokenizer", int(cfg.data.max_text_len))
+    model = _build_model(cfg, tokenizer)
+    model.load_state_dict(load_checkpoint(parent / "checkpoints" / "latest.pt")["model"])
+    device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
+    batch = int(cfg.task.batch_size)
+    t0 = time.perf_counter()
+    img = encode_images(model, corpus, _transform(cfg, train=False), batch_size=batch,
+                        device=device, num_workers=int(cfg.task.num_workers))
+    txt = encode_texts(model, corpus.captions, tokenizer, batch_size=batch, device=device)
+    t1 = time.perf_counter()
+    metrics = retrieval_metrics_from_embeddings(img, txt, torch.tensor(corpus.txt2img),
+                                                device=device)
+    t2 = time.perf_counter()
+    return {"split": cfg.task.split, "metrics": metrics,
+            "protocol": {"dataset": cfg.data.name, "split": cfg.task.split,
+                         "n_images": corpus.n_images, "n_texts": corpus.n_texts,
+                         "image_size": int(cfg.model.image_size),
+                         "max_text_len": int(cfg.data.max_text_len), "first_stage": None,
+                         "k_test": None, "fusion": None,
+                         "precision": "bf16" if device.type == "cuda" else "fp32",
+                         "eval_batch_size": batch, "world_size": 1},
+            "efficiency": {"encode_s": round(t1 - t0, 3), "rank_s": round(t2 - t1, 3),
+                           "device": str(device)},
+            "chance": {"i2t_R@1": 100.0 * len(corpus.captions) / corpus.n_images
+                       / corpus.n_texts, "t2i_R@1": 100.0 / corpus.n_images}}
+
+
+TASKS: dict[str, TaskFn] = {"pretrain": train_task, "finetune": train_task, "eval": eval_task}
+
+
+def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
+              force: bool = False) -> Path:
+    """Run the stage ``cfg`` describes unless it is already done; returns its directory."""
+    if cfg.task.name not in TASKS:
+        raise ValueError(f"unknown task {cfg.task.name!r}; valid: {', '.join(TASKS)}")
+    run_dir = stage_dir(cfg, run_root)
+    if stage_status(run_dir) == "done" and not force:
+        print(f"[stage] {run_dir.name}: already done, skipped", flush=True)
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    env = environment()
+    atomic_write_json(run_dir / "env.json", env)
+    mark(run_dir, RUNNING_MARKER)
+    print(f"[stage] {run_dir.name}: running {cfg.task.name}", flush=True)
+    try:
+        _prepare_data(cfg)
+        out = TASKS[cfg.task.name](cfg, run_dir, run_root)
+        result = make_result(
+            stage_id=run_dir.name, grid=grid, task=cfg.task.name, model=cfg.model.name,
+            dataset=cfg.data.name, split=out.pop("split", None), scale=cfg.scale.name,
+            protocol=out.pop("protocol", None), metrics=out.pop("metrics", None),
+            efficiency=out.pop("efficiency", None), train=out.pop("train", None), env=env,
+            extra=out)
+        write_result(run_dir, result)
+    except BaseException as exc:
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        mark(run_dir, FAILED_MARKER, error=f"{type(exc).__name__}: {exc}",
+             log=str(run_dir / "error.txt"))
+        raise
+    mark(run_dir, DONE_MARKER)
+    return run_dir

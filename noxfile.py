@@ -1,0 +1,67 @@
+"""Sessions: ``nox -s reproduce`` (the pipeline), ``nox -s tests``, ``nox -s lint``.
+
+All sessions share one environment, ``.venv`` in the repository (or ``$HARNESS_VENV``): the
+multi-GB torch install happens once, and again only when pyproject.toml or constraints.txt
+change. nox's own per-session virtualenvs are not used for that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("HARNESS_VENV", ROOT / ".venv"))
+STAMP = VENV / ".harness-install-stamp"
+INSTALL_INPUTS = ("pyproject.toml", "constraints.txt")
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+
+
+def _wanted_stamp() -> str:
+    digest = hashlib.sha256()
+    for name in INSTALL_INPUTS:
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's interpreter, (re)installed when its inputs changed."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        session.log(f"creating the shared environment {VENV}")
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+    if not STAMP.exists() or STAMP.read_text() != _wanted_stamp():
+        session.log("installing the harness and its pinned dependencies (once, a few minutes)")
+        session.run(str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[dev]", external=True)
+        STAMP.write_text(_wanted_stamp())
+    return str(python)
+
+
+@nox.session(python=False)
+def tests(session: nox.Session) -> None:
+    """The test suite (offline, CPU; SLURM tests skip when sbatch is absent)."""
+    python = _python(session)
+    session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), external=True)
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    """ruff over the code."""
+    python = _python(session)
+    session.run(python, "-m", "ruff", "check", "harness", "cookie", "baselines", "tests",
+                "bench", "noxfile.py", external=True)
+
+
+@nox.session(python=False)
+def reproduce(session: nox.Session) -> None:
+    """Smoke-scale grids on the embedded dataset, then every table under results/."""
+    python = _python(session)
+    for grid in session.posargs or ["smoke"]:
+        session.run(python, "-m", "harness.run", f"grid={grid}", external=True)
