@@ -6,15 +6,28 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from harness.config import compose
+from harness.config import compose, to_plain
+from harness.launch.grid import PlannedStage
 from harness.registry import UnknownNameError
 
 
-def _run_grid(cfg, overrides: Sequence[str]) -> int:
-    from harness.analysis.tables import write_grid_tables
-    from harness.launch.executor import run_local
+def missing_data(plan: Sequence[PlannedStage]) -> list[str]:
+    """Data paths the grid's stages read that do not exist (generated datasets excepted)."""
+    missing = []
+    for stage in plan:
+        data = stage.cfg.data
+        if data.get("generate"):
+            continue
+        paths = [data.annotation, data.image_root]
+        if stage.task == "pretrain":
+            paths = [data.pretrain_manifest]
+        missing += [f"{stage.label}: {p}" for p in paths if p and not Path(p).exists()]
+    return sorted(set(missing))
+
+
+def _run_grid(cfg: DictConfig, overrides: Sequence[str]) -> int:
     from harness.launch.grid import format_plan, grid_config, plan_grid
 
     grid = grid_config(cfg)
@@ -23,14 +36,44 @@ def _run_grid(cfg, overrides: Sequence[str]) -> int:
     if cfg.dry_run:
         print(format_plan(plan))
         return 0
-    if cfg.cluster.name != "local":
-        raise UnknownNameError(f"cluster={cfg.cluster.name} is not available yet; valid: local")
-    print(f"[grid] {grid['name']}: {len(plan)} stages under {run_root}", flush=True)
-    report = run_local(plan, run_root, grid["name"])
+    missing = missing_data(plan)
+    if missing:
+        print("error: data not found, nothing was run or submitted:\n  " + "\n  ".join(missing),
+              file=sys.stderr)
+        return 1
+    print(f"[grid] {grid['name']}: {len(plan)} stages under {run_root} "
+          f"(cluster={cfg.cluster.name})", flush=True)
+    if cfg.cluster.name == "slurm":
+        return _submit(cfg, grid, plan, run_root)
+    from harness.launch.executor import run_local
+
+    report = run_local(plan, run_root, grid["name"], in_job=cfg.cluster.name == "debug")
     print(report.summary(), flush=True)
-    for path in write_grid_tables(grid, plan, Path(cfg.results_dir)):
-        print(f"[grid] wrote {path}", flush=True)
+    _tables(grid, plan, Path(cfg.results_dir))
     return 0 if report.ok else 1
+
+
+def _submit(cfg: DictConfig, grid: dict, plan: Sequence[PlannedStage], run_root: Path) -> int:
+    from harness.launch.slurm import submit_grid, wait_for
+
+    cluster = to_plain(cfg.cluster)
+    report, manifest = submit_grid(plan, cluster, run_root, grid["name"])
+    print(report.summary().replace(" ran,", " submitted,"), flush=True)
+    print(f"[grid] manifest: {manifest}", flush=True)
+    if not cluster.get("wait"):
+        return 0 if report.ok else 1
+    states = wait_for(plan)
+    for name, state in states.items():
+        print(f"{name} {state}", flush=True)
+    _tables(grid, plan, Path(cfg.results_dir))
+    return 0 if report.ok and set(states.values()) == {"done"} else 1
+
+
+def _tables(grid: dict, plan: Sequence[PlannedStage], results_dir: Path) -> None:
+    from harness.analysis.tables import write_grid_tables
+
+    for path in write_grid_tables(grid, plan, results_dir):
+        print(f"[grid] wrote {path}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from pathlib import Path
@@ -33,7 +34,7 @@ from harness.launch.store import (
 )
 from harness.registry import MODELS
 from harness.train.checkpoint import load_checkpoint
-from harness.train.loop import train
+from harness.train.loop import Preempted, train
 
 TaskFn = Callable[[DictConfig, Path, Path], dict[str, Any]]
 
@@ -67,6 +68,23 @@ def _parent(cfg: DictConfig, run_root: Path, required: bool) -> Path | None:
 def _build_model(cfg: DictConfig, tokenizer: Tokenizer) -> torch.nn.Module:
     factory = MODELS.get(cfg.model.name)
     return factory(to_plain(cfg.model), vocab_size=tokenizer.vocab_size)
+
+
+def _model_efficiency(cfg: DictConfig, model: torch.nn.Module, vocab_size: int,
+                      device: torch.device, timings: dict[str, float]) -> dict[str, Any]:
+    """Parameters per top-level module, FLOPs per encode (shape-only), measured seconds."""
+    from harness.eval.efficiency import efficiency_block
+    from harness.eval.flops import flops_summary, param_counts
+
+    factory = MODELS.get(cfg.model.name)
+    model_cfg = to_plain(cfg.model)
+    flops = flops_summary(lambda: factory(model_cfg, vocab_size=vocab_size),
+                          image_size=int(cfg.model.image_size),
+                          text_len=int(cfg.data.max_text_len))
+    block = efficiency_block(device=device, precision="bf16" if device.type == "cuda" else "fp32",
+                             params=param_counts(dict(model.named_children())), flops=flops)
+    block["measured"] = timings  # this split's real encode and rank seconds
+    return block
 
 
 def _transform(cfg: DictConfig, train: bool) -> Any:
@@ -139,8 +157,9 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
                          "k_test": None, "fusion": None,
                          "precision": "bf16" if device.type == "cuda" else "fp32",
                          "eval_batch_size": batch, "world_size": 1},
-            "efficiency": {"encode_s": round(t1 - t0, 3), "rank_s": round(t2 - t1, 3),
-                           "device": str(device)},
+            "efficiency": _model_efficiency(
+                cfg, model, tokenizer.vocab_size, device,
+                {"encode_s": round(t1 - t0, 3), "rank_s": round(t2 - t1, 3)}),
             "chance": {"i2t_R@1": 100.0 * len(corpus.captions) / corpus.n_images
                        / corpus.n_texts, "t2i_R@1": 100.0 / corpus.n_images}}
 
@@ -162,7 +181,8 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
     atomic_write_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     env = environment()
     atomic_write_json(run_dir / "env.json", env)
-    mark(run_dir, RUNNING_MARKER)
+    job_id = os.environ.get("SLURM_JOB_ID")
+    mark(run_dir, RUNNING_MARKER, job_id=job_id, pid=os.getpid())
     print(f"[stage] {run_dir.name}: running {cfg.task.name}", flush=True)
     try:
         _prepare_data(cfg)
@@ -174,6 +194,10 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
             efficiency=out.pop("efficiency", None), train=out.pop("train", None), env=env,
             extra=out)
         write_result(run_dir, result)
+    except Preempted:
+        # Not a failure: the checkpoint is saved and the job will be requeued (or rerun).
+        mark(run_dir, RUNNING_MARKER, job_id=job_id, preempted=True)
+        raise
     except BaseException as exc:
         (run_dir / "error.txt").write_text(traceback.format_exc())
         mark(run_dir, FAILED_MARKER, error=f"{type(exc).__name__}: {exc}",

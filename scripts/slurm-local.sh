@@ -11,7 +11,7 @@
 #   SLURM_NODE_CPUS      CPUs the node advertises; may exceed nproc       (nproc)
 #   SLURM_NODE_MEM_MB    RealMemory of the node                           (90% of MemTotal)
 #   SLURM_ACCOUNTING     1: MariaDB + slurmdbd so sacct works; 0: none    (1)
-#   SLURM_CRED_EXPIRE    credential lifetime = delay before a requeued job may restart (10)
+#   SLURM_CRED_EXPIRE    credential lifetime = delay before a requeued job may restart (30)
 #   SLURM_START_TIMEOUT  seconds to wait for the daemons and the node    (60)
 #   SLURM_DB_PORT        TCP port of the private MariaDB (127.0.0.1)     (16033)
 #   SLURM_PURGE=1        (stop) also delete SLURM_LOCAL_DIR
@@ -24,7 +24,7 @@ DIR=${SLURM_LOCAL_DIR:-/var/lib/slurm-local}
 PARTITION=${SLURM_PARTITION:-debug}
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
 START_TIMEOUT=${SLURM_START_TIMEOUT:-60}
-CRED_EXPIRE=${SLURM_CRED_EXPIRE:-10}
+CRED_EXPIRE=${SLURM_CRED_EXPIRE:-30}
 DB_PORT=${SLURM_DB_PORT:-16033}
 NODE=$(hostname -s)
 
@@ -55,7 +55,9 @@ fail() {
     exit 1
 }
 
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+# Decimal only: bash arithmetic would read a leading 0 as octal.
+is_uint() { [[ $1 =~ ^(0|[1-9][0-9]*)$ ]]; }
+is_posint() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
 check_settings() {
     [[ $ACCOUNTING == 0 || $ACCOUNTING == 1 ]] || fail "SLURM_ACCOUNTING must be 0 or 1, got '$ACCOUNTING'"
@@ -69,8 +71,8 @@ check_settings() {
 node_settings() {
     CPUS=${SLURM_NODE_CPUS:-$(nproc)}
     MEM_MB=${SLURM_NODE_MEM_MB:-$(awk '/^MemTotal:/ { printf "%d", $2 * 0.9 / 1024 }' /proc/meminfo)}
-    is_uint "$CPUS" && ((CPUS > 0)) || fail "SLURM_NODE_CPUS must be a positive integer, got '$CPUS'"
-    is_uint "$MEM_MB" && ((MEM_MB > 0)) || fail "SLURM_NODE_MEM_MB must be a positive integer, got '$MEM_MB'"
+    is_posint "$CPUS" || fail "SLURM_NODE_CPUS must be a positive integer, got '$CPUS'"
+    is_posint "$MEM_MB" || fail "SLURM_NODE_MEM_MB must be a positive integer, got '$MEM_MB'"
 }
 
 # ---------------------------------------------------------------- processes
@@ -85,34 +87,59 @@ pid_of() {
     printf '%s\n' "$pid"
 }
 
-# stop_daemon COMM PIDFILE: SIGTERM, wait up to 15 s, then SIGKILL; a stale pid file is removed.
-stop_daemon() {
-    local comm=$1 pidfile=$2 pid i
-    if ! pid=$(pid_of "$comm" "$pidfile"); then
-        [[ -e $pidfile ]] && log "$comm: stale pid file $pidfile removed"
-        rm -f "$pidfile"
-        return 0
-    fi
-    kill -TERM "$pid" 2>/dev/null || true
+# alive PID: the process exists and is not a zombie.
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+# stop_daemons COMM:PIDFILE...: SIGTERM to each (together: each takes 1-4 s to exit), wait up to
+# 15 s, then SIGKILL; a pid file naming no such live process is only removed.
+stop_daemons() {
+    local item comm pidfile pid i n any
+    local -a pids=() names=() files=()
+    for item in "$@"; do
+        comm=${item%%:*}
+        pidfile=${item#*:}
+        if pid=$(pid_of "$comm" "$pidfile"); then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+            names+=("$comm")
+            files+=("$pidfile")
+        elif [[ -e $pidfile ]]; then
+            rm -f "$pidfile"
+            log "$comm: removed stale pid file $pidfile"
+        fi
+    done
     for ((i = 0; i < 150; i++)); do
-        [[ -d /proc/$pid ]] || break
+        any=0
+        for pid in "${pids[@]}"; do
+            if alive "$pid"; then any=1; fi
+        done
+        ((any)) || break
         sleep 0.1
     done
-    if [[ -d /proc/$pid ]]; then
-        log "$comm (pid $pid) ignored SIGTERM for 15 s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            [[ -d /proc/$pid ]] || break
+    for i in "${!pids[@]}"; do
+        if alive "${pids[i]}"; then
+            log "${names[i]} (pid ${pids[i]}) ignored SIGTERM for 15 s; sending SIGKILL"
+            kill -KILL "${pids[i]}" 2>/dev/null || true
+        fi
+    done
+    for i in "${!pids[@]}"; do
+        for ((n = 0; n < 50; n++)); do
+            alive "${pids[i]}" || break
             sleep 0.1
         done
-    fi
-    rm -f "$pidfile"
-    log "$comm stopped"
+        alive "${pids[i]}" && fail "${names[i]} (pid ${pids[i]}) survived SIGKILL"
+        rm -f "${files[i]}"
+        log "${names[i]} stopped"
+    done
 }
 
 # Deadline shared by every wait of one `start`.
 DEADLINE=0
-remaining() { echo $((DEADLINE - SECONDS)); }
 
 # wait_until DESCRIPTION COMMAND...: poll COMMAND until it succeeds; non-zero once the deadline passed.
 wait_until() {
@@ -225,6 +252,7 @@ start_munge() {
 # ---------------------------------------------------------------- accounting
 
 db_sql() { mariadb --no-defaults --socket="$DB_SOCK" -u root --batch --skip-column-names "$@"; }
+db_answers() { db_sql -e 'SELECT 1'; }
 
 db_password() {
     local f=$DIR/db-password
@@ -257,7 +285,7 @@ start_mariadb() {
             --innodb-lock-wait-timeout=900 ||
             fail "could not launch mariadbd" "$LOGS/mariadbd.out"
     fi
-    wait_until "MariaDB on $DB_SOCK" db_sql -e 'SELECT 1' ||
+    wait_until "MariaDB on $DB_SOCK" db_answers ||
         fail "MariaDB did not come up" "$DB_LOG" "$LOGS/mariadbd.out"
     local pw
     pw=$(db_password)
@@ -290,7 +318,7 @@ StorageLoc=slurm_acct_db"
     write_if_changed "$DBD_CONF" 0600 "$content" && changed=1
     chown root:root "$DBD_CONF"
     if ((changed)); then
-        stop_daemon slurmdbd "$RUN/slurmdbd.pid"
+        stop_daemons "slurmdbd:$RUN/slurmdbd.pid"
     fi
     if ! pid_of slurmdbd "$RUN/slurmdbd.pid" >/dev/null; then
         spawn "$LOGS/slurmdbd.out" slurmdbd ||
@@ -336,6 +364,9 @@ AccountingStorageType=$acct_storage
 $acct_host
 JobAcctGatherType=$acct_gather
 SchedulerType=sched/backfill
+# Start jobs as soon as they are eligible (defaults: batch jobs may wait 3 s, a job whose begin
+# time passed waits for the next 30 s backfill or 60 s main pass).
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
@@ -402,8 +433,7 @@ write_slurm_conf() {
     install -d -m 0755 /etc/slurm "$DIR/state" "$DIR/spool"
     if write_if_changed "$CONF" 0644 "$(slurm_conf)"; then
         # A reconfigure cannot switch plugins (e.g. the accounting type): restart both daemons.
-        stop_daemon slurmd "$RUN/slurmd.pid"
-        stop_daemon slurmctld "$RUN/slurmctld.pid"
+        stop_daemons "slurmd:$RUN/slurmd.pid" "slurmctld:$RUN/slurmctld.pid"
     fi
 }
 
@@ -441,6 +471,8 @@ cmd_start() {
     if [[ $ACCOUNTING == 1 ]]; then
         start_mariadb
         start_slurmdbd
+    else
+        stop_daemons "slurmdbd:$RUN/slurmdbd.pid" "mariadbd:$DB_PID"
     fi
     start_slurm
     log "up in ${SECONDS}s: node $NODE ($CPUS CPUs, ${MEM_MB} MB), partition $PARTITION," \
@@ -463,12 +495,13 @@ cmd_stop() {
             done
         fi
     fi
-    stop_daemon slurmd "$RUN/slurmd.pid"
-    stop_daemon slurmctld "$RUN/slurmctld.pid"
-    stop_daemon slurmdbd "$RUN/slurmdbd.pid"
-    stop_daemon mariadbd "$DB_PID"
-    if [[ ${KEEP_MUNGE:-0} != 1 ]]; then
-        stop_daemon munged "$MUNGE_PID"
+    # slurmdbd still has MariaDB while it shuts down; slurmctld queues what slurmdbd misses in
+    # its state directory and sends it on the next start.
+    stop_daemons "slurmd:$RUN/slurmd.pid" "slurmctld:$RUN/slurmctld.pid" "slurmdbd:$RUN/slurmdbd.pid"
+    if [[ ${KEEP_MUNGE:-0} == 1 ]]; then
+        stop_daemons "mariadbd:$DB_PID"
+    else
+        stop_daemons "mariadbd:$DB_PID" "munged:$MUNGE_PID"
     fi
     if [[ ${SLURM_PURGE:-0} == 1 ]]; then
         rm -rf -- "$DIR"

@@ -33,8 +33,13 @@ class GridReport:
         return "\n".join(lines)
 
 
-def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str) -> GridReport:
-    """Run every stage in this process, in dependency order; failures block dependents only."""
+def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
+              in_job: bool = False) -> GridReport:
+    """Run every stage in this process, in dependency order; failures block dependents only.
+
+    ``in_job`` runs each stage through the job object a SLURM job would run (cluster=debug).
+    """
+    from harness.launch.slurm import StageJob
     from harness.stage import run_stage  # heavy imports only when something really runs
 
     report = GridReport()
@@ -49,7 +54,10 @@ def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str) -> GridRe
             report.skipped.append(name)
             continue
         try:
-            run_stage(stage.cfg, run_root, grid=grid)
+            if in_job:
+                StageJob(stage.overrides, str(run_root), grid)()
+            else:
+                run_stage(stage.cfg, run_root, grid=grid)
             report.done.append(name)
         except Exception as exc:  # one failed stage must not lose the others' work
             info = read_marker(stage.run_dir, FAILED_MARKER)

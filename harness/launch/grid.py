@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import compose, to_plain
 from harness.launch.store import Status, stage_dir, stage_status
@@ -69,6 +69,27 @@ def _pipeline_item(item: Any, dataset: str) -> tuple[str, str, list[str]]:
     raise ValueError(f"grid pipeline item {item!r} must be a task name or {{task: ..., ...}}")
 
 
+def _is_group_choice(item: str) -> bool:
+    key = item.partition("=")[0].lstrip("+~")
+    return "." not in key
+
+
+def _applicable(overrides: Sequence[str], cfg: DictConfig) -> list[str]:
+    """Value overrides whose key exists in this stage's config (``task.steps`` has no
+    meaning for an eval stage); prefixed ones (``+k=v``, ``++k=v``) always apply."""
+    keep = []
+    for item in overrides:
+        key = item.partition("=")[0]
+        if _is_group_choice(item) or key.startswith(("+", "~")):
+            keep.append(item)
+        elif OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+            keep.append(item)
+    return keep
+
+
+_ABSENT = object()
+
+
 def plan_grid(grid: Mapping[str, Any], cli_overrides: Sequence[str], run_root: Path
               ) -> list[PlannedStage]:
     """Every stage of ``grid`` in dependency order, shared stages listed once."""
@@ -77,6 +98,7 @@ def plan_grid(grid: Mapping[str, Any], cli_overrides: Sequence[str], run_root: P
         raise ValueError(f"grid {grid.get('name')!r} has no experiments")
     base = stage_overrides(cli_overrides)
     plan: dict[Path, PlannedStage] = {}
+    used: set[str] = set()
     for experiment in experiments:
         extra = list(experiment.get("overrides", []))
         for model in experiment["models"]:
@@ -84,8 +106,11 @@ def plan_grid(grid: Mapping[str, Any], cli_overrides: Sequence[str], run_root: P
                 parent: PlannedStage | None = None
                 for item in experiment["pipeline"]:
                     task, data, own = _pipeline_item(item, dataset)
-                    overrides = [f"task={task}", f"model={model}", f"data={data}", *base,
-                                 *extra, *own]
+                    wanted = [*base, *extra, *own]
+                    choices = [f"task={task}", f"model={model}", f"data={data}"]
+                    skeleton = compose([*choices, *filter(_is_group_choice, wanted)])
+                    overrides = [*choices, *_applicable(wanted, skeleton)]
+                    used.update(overrides)
                     if parent is not None:
                         overrides.append(f"task.init_from={parent.run_dir.name}")
                     cfg = compose(overrides)
@@ -96,6 +121,9 @@ def plan_grid(grid: Mapping[str, Any], cli_overrides: Sequence[str], run_root: P
                     plan.setdefault(run_dir, stage)
                     if task in TRAINING_TASKS:
                         parent = stage
+    unused = [item for item in base if item not in used]
+    if unused:
+        raise ValueError(f"override(s) {', '.join(unused)} match no key of any stage's config")
     return list(plan.values())
 
 

@@ -57,4 +57,6 @@ def device_info() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """The whole ``env.json`` record."""
     return {"git": git_state(), "packages": package_versions(), "device": device_info(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # Where the code was imported from: a submission snapshot for SLURM jobs.
+            "code_path": str(Path(__file__).resolve().parents[1])}

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -88,14 +91,53 @@ def stage_dir(cfg: Any, run_root: Path) -> Path:
                                      stage_identity(cfg))
 
 
+# squeue/sacct states of a job that will still run: a stage in one of them is not resubmitted.
+ALIVE_JOB_STATES = frozenset({
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+    "COMPLETING", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"})
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """SLURM's state of a job (squeue, then sacct), or None when SLURM cannot say."""
+    for cmd in (["squeue", "-h", "-j", job_id, "-o", "%T"],
+                ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        words = out.stdout.split() if out.returncode == 0 else []
+        if words:
+            return words[0]
+    return None
+
+
+def _owner_alive(info: dict[str, Any]) -> bool:
+    """Whether the job or process that wrote a RUNNING marker can still finish the stage."""
+    if info.get("job_id"):
+        state = slurm_job_state(str(info["job_id"]))
+        return state is None or state in ALIVE_JOB_STATES  # unknown: trust the marker
+    if info.get("pid") and info.get("host") == socket.gethostname():
+        return Path(f"/proc/{info['pid']}").exists()
+    return True
+
+
 def stage_status(run_dir: Path) -> Status:
-    """done / failed / running / pending, read from the markers in ``run_dir``."""
+    """done / failed / running / pending, from the markers and the liveness of their owner.
+
+    A stage whose job or process died without a verdict counts as failed when it had
+    started (``env.json`` exists) and as pending when it never started (e.g. a job SLURM
+    dropped because its dependency failed).
+    """
     if (run_dir / DONE_MARKER).is_file():
         return "done"
     if (run_dir / FAILED_MARKER).is_file():
         return "failed"
     if (run_dir / RUNNING_MARKER).is_file():
-        return "running"
+        if _owner_alive(read_marker(run_dir, RUNNING_MARKER)):
+            return "running"
+        return "failed" if (run_dir / "env.json").is_file() else "pending"
     return "pending"
 
 
@@ -104,7 +146,8 @@ def mark(run_dir: Path, marker: str, **info: Any) -> None:
     for other in (DONE_MARKER, FAILED_MARKER, RUNNING_MARKER):
         if other != marker:
             (run_dir / other).unlink(missing_ok=True)
-    atomic_write_json(run_dir / marker, {"time": time.time(), **info})
+    atomic_write_json(run_dir / marker, {"time": time.time(), "host": socket.gethostname(),
+                                         **info})
 
 
 def read_marker(run_dir: Path, marker: str) -> dict[str, Any]:

@@ -1,0 +1,331 @@
+"""Single-stream cross-encoder (ViLT / UNITER style): words and image patches in ONE transformer.
+
+Image tokens come from a ViT patch projection (ViLT's "linear embedding", the default) or from
+a timm backbone's grid (``image_backbone``, Pixel-BERT-like); text tokens are word + position
+embeddings. Both get a modality-type embedding and are concatenated, text first, into the
+joint transformer, whose blocks are a timm ViT's: ``joint.pretrained_path`` pointing at a ViT
+state dict (e.g. ViT-B/32 at 384) reproduces ViLT's initialisation. An ITM head on the pooled
+first token scores a pair; an MLM head predicts masked words from the joint sequence.
+
+Two settings, deliberately separate classes so that ``isinstance(model, DualEncoder)`` tells
+the truth:
+
+* :class:`SingleStream` (``contrastive_head: false``, the pure setting): ITM negatives are
+  drawn uniformly (other images' captions), retrieval needs full scoring or an external first
+  stage.
+* :class:`SingleStreamITC` (``contrastive_head: true``): adds an ALBEF-style contrastive head
+  (pooled unimodal features -> projections -> ITC loss) whose similarities drive hard-negative
+  sampling, and ``encode_image`` / ``encode_text`` so the model is its own first stage.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.single_stream_objectives import IGNORE_INDEX, mask_tokens, sample_negatives
+from harness.interfaces import Batch, TextTokens, TokenFeatures
+from harness.models.contrastive import symmetric_info_nce
+from harness.models.towers import ImageTower, WeightsNotFoundError
+
+# The factory only receives vocab_size, so the special ids default to the harness's own
+# WordPiece layout (harness.data.text.SPECIAL_TOKENS: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
+# [MASK]=4). A bert-base-uncased vocab needs `special_ids: {pad: 0, unk: 100, cls: 101,
+# sep: 102, mask: 103}` in the model config (Tokenizer.special_ids gives the values).
+DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+MAX_LOGIT_SCALE = math.log(100.0)  # same clamp as CLIP's learnable temperature
+TEXT, IMAGE = 0, 1  # modality-type embedding rows
+
+
+def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
+    """A timm ViT for the joint transformer, with local weights when configured."""
+    import timm
+    from timm.layers import resample_abs_pos_embed
+
+    vit = timm.create_model(cfg["name"], pretrained=bool(cfg.get("hub", False)), num_classes=0,
+                            **dict(cfg.get("kwargs") or {}))
+    path = cfg.get("pretrained_path")
+    if path:
+        weights = Path(path).expanduser()
+        if not weights.exists():
+            raise WeightsNotFoundError(f"model.joint.pretrained_path: pretrained weights not "
+                                       f"found at {weights}")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        pos = state.get("pos_embed")
+        if pos is not None and pos.shape != vit.pos_embed.shape:
+            # A ViT trained at 224 or 384 serves other resolutions with resampled positions.
+            grid = vit.patch_embed.grid_size
+            state["pos_embed"] = resample_abs_pos_embed(pos, list(grid), num_prefix_tokens=1)
+        missing, unexpected = vit.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith(("head", "fc_norm"))]:
+            raise ValueError(f"{weights}: weights do not match {cfg['name']} "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if vit.cls_token is None or getattr(vit, "no_embed_class", False) or vit.num_reg_tokens:
+        raise ValueError(f"model.joint.name={cfg['name']}: need a ViT with a class token, "
+                         "position embeddings covering it, and no register tokens")
+    return vit
+
+
+class PatchEmbedding(nn.Module):
+    """ViLT's image side: the ViT's own patch projection, class token and positions."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.proj, self.norm_pre = vit.patch_embed, vit.norm_pre
+        self.cls_token, self.pos_embed = vit.cls_token, vit.pos_embed
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Tokens ``[N, 1 + patches, D]``."""
+        x = self.proj(images)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.norm_pre(x + self.pos_embed)
+
+
+class GridEmbedding(nn.Module):
+    """Grid tokens of a timm backbone (CNN or ViT), projected to the joint width."""
+
+    def __init__(self, cfg: Mapping[str, Any], width: int, image_size: int) -> None:
+        super().__init__()
+        self.backbone = ImageTower(cfg)
+        was_training = self.backbone.training
+        self.backbone.eval()  # a dry run in train mode would update BatchNorm statistics
+        with torch.no_grad():
+            n = self.backbone.tokens(torch.zeros(1, 3, image_size, image_size)).shape[1]
+        self.backbone.train(was_training)
+        self.proj = nn.Linear(self.backbone.width, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, width) * 0.02)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Tokens ``[N, 1 + grid, D]``."""
+        x = self.proj(self.backbone.tokens(images))
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
+
+
+class TextEmbedding(nn.Module):
+    """BERT-style word + position embeddings with a LayerNorm."""
+
+    def __init__(self, vocab_size: int, width: int, max_len: int) -> None:
+        super().__init__()
+        self.word = nn.Embedding(vocab_size, width)
+        self.position = nn.Embedding(max_len, width)
+        self.norm = nn.LayerNorm(width, eps=1e-12)
+        for table in (self.word, self.position):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Tokens ``[M, L, D]``."""
+        length, max_len = input_ids.shape[1], self.position.num_embeddings
+        if length > max_len:
+            raise ValueError(f"texts of {length} tokens exceed the model's {max_len} text "
+                             "positions (model.text_max_len); lower data.max_text_len")
+        pos = self.position(torch.arange(length, device=input_ids.device))
+        return self.norm(self.word(input_ids) + pos)
+
+
+class MLMHead(nn.Module):
+    """Transform + LayerNorm, then a decoder tied to the word embeddings (as in BERT)."""
+
+    def __init__(self, word: nn.Embedding) -> None:
+        super().__init__()
+        width = word.embedding_dim
+        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(),
+                                       nn.LayerNorm(width, eps=1e-12))
+        self.word = word
+        self.bias = nn.Parameter(torch.zeros(word.num_embeddings))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits for each hidden state."""
+        return F.linear(self.transform(hidden), self.word.weight, self.bias)
+
+
+class SingleStream(nn.Module):
+    """The pure single-stream cross-encoder: ITM + MLM, uniform ITM negatives."""
+
+    def __init__(self, cfg: Mapping[str, Any], vocab_size: int) -> None:
+        super().__init__()
+        vit = _load_vit(cfg["joint"])
+        self.width = width = int(vit.embed_dim)
+        self.blocks, self.norm = vit.blocks, vit.norm
+        backbone = cfg.get("image_backbone")
+        self.image_embed = (GridEmbedding(backbone, width, int(cfg["image_size"])) if backbone
+                            else PatchEmbedding(vit))
+        self.text_embed = TextEmbedding(vocab_size, width, int(cfg.get("text_max_len", 40)))
+        self.type_embed = nn.Embedding(2, width)
+        nn.init.normal_(self.type_embed.weight, std=0.02)
+        self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.itm_head = nn.Linear(width, 2)
+        self.mlm_head = MLMHead(self.text_embed.word)
+        self.vocab_size = vocab_size
+        self.special_ids = {**DEFAULT_SPECIAL_IDS, **dict(cfg.get("special_ids") or {})}
+        if max(self.special_ids.values()) >= vocab_size:
+            raise ValueError(f"model.special_ids {self.special_ids} do not fit a vocabulary of "
+                             f"{vocab_size}; set them from Tokenizer.special_ids")
+        self.mlm_prob = float(cfg.get("mlm_prob", 0.15))
+        self.itm_score = str(cfg.get("itm_score", "logit"))
+        if self.itm_score not in ("logit", "logprob"):
+            raise ValueError(f"model.itm_score must be 'logit' or 'logprob', got {self.itm_score!r}")
+        self.loss_weights = {"itm": 1.0, "mlm": 1.0, "itc": 1.0,
+                             **dict(cfg.get("loss_weights") or {})}
+
+    # ------------------------------------------------------------- CrossEncoder contract
+
+    def image_features(self, images: Tensor) -> TokenFeatures:
+        """Patch (or grid) embeddings with position and image-type embeddings ``[N, T, D]``."""
+        tokens = self.image_embed(images) + self.type_embed.weight[IMAGE]
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return TokenFeatures(tokens, mask)
+
+    def text_features(self, tokens: TextTokens) -> TokenFeatures:
+        """Word embeddings with position and text-type embeddings ``[M, L, D]``."""
+        x = self.text_embed(tokens["input_ids"]) + self.type_embed.weight[TEXT]
+        return TokenFeatures(x, tokens["attention_mask"].bool())
+
+    def score_pairs(self, image_features: TokenFeatures, text_features: TokenFeatures) -> Tensor:
+        """ITM score ``[P]`` of aligned pairs: the positive logit, or its log-probability."""
+        logits = self.itm_logits(image_features, text_features)
+        if self.itm_score == "logprob":
+            return F.log_softmax(logits.float(), dim=-1)[:, 1]
+        return logits[:, 1]
+
+    # ------------------------------------------------------------------- joint encoder
+
+    def encode_tokens(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Run the transformer over ``tokens [P, T, D]``, attending only where ``mask``."""
+        attn_mask = mask[:, None, None, :]  # broadcast over heads and queries
+        for block in self.blocks:
+            tokens = block(tokens, attn_mask=attn_mask)
+        return self.norm(tokens)
+
+    def joint(self, image_features: TokenFeatures, text_features: TokenFeatures) -> Tensor:
+        """Hidden states ``[P, L + T, D]`` of ``[text; image]`` sequences; text padding trimmed."""
+        if len(image_features) != len(text_features):
+            raise ValueError(f"score_pairs needs aligned rows: {len(image_features)} image "
+                             f"features vs {len(text_features)} text features")
+        # Cached texts are padded to the longest caption of the gallery; columns that no
+        # pair in this batch uses cost attention and MLP time for nothing, so drop them.
+        used = text_features.mask.any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        tokens = torch.cat([text_features.tokens[:, :length], image_features.tokens], dim=1)
+        mask = torch.cat([text_features.mask[:, :length], image_features.mask], dim=1)
+        return self.encode_tokens(tokens, mask)
+
+    def itm_logits(self, image_features: TokenFeatures, text_features: TokenFeatures) -> Tensor:
+        """Two-way (no match, match) logits ``[P, 2]`` from the pooled first ([CLS]) token."""
+        return self.itm_head(self.pooler(self.joint(image_features, text_features)[:, 0]))
+
+    # ------------------------------------------------------------------------ training
+
+    def negative_logits(self, image: TokenFeatures, text: TokenFeatures, ids: Tensor,
+                        out: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """Similarity logits ``(i2t, t2i)`` for hard negatives; None means uniform negatives."""
+        return None
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """ITM with in-batch negatives and MLM on the positive pairs (plus ITC with the head)."""
+        image = self.image_features(batch["images"])
+        text = self.text_features(batch)
+        ids = batch["image_ids"]
+        out: dict[str, Tensor] = {}
+        sims = self.negative_logits(image, text, ids, out)
+        out["itm"] = self.loss_weights["itm"] * self.itm_loss(image, text, ids, sims)
+        out["mlm"] = self.loss_weights["mlm"] * self.mlm_loss(image, batch)
+        return out
+
+    def itm_loss(self, image: TokenFeatures, text: TokenFeatures, ids: Tensor,
+                 sims: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Cross-entropy over B positives, one negative text per image, one negative image per text."""
+        same = ids[:, None] == ids[None, :]  # row: image of pair r, column: caption of pair c
+        i2t, t2i = sims if sims is not None else (None, None)
+        neg_text, ok_t = sample_negatives(same, i2t)
+        neg_image, ok_i = sample_negatives(same.t(), t2i)
+        rows = torch.arange(len(ids), device=ids.device)
+        img_idx = torch.cat([rows, rows[ok_t], neg_image[ok_i]])
+        txt_idx = torch.cat([rows, neg_text[ok_t], rows[ok_i]])
+        labels = torch.zeros_like(img_idx)
+        labels[: len(rows)] = 1
+        logits = self.itm_logits(image.select(img_idx), text.select(txt_idx))
+        return F.cross_entropy(logits.float(), labels)
+
+    def mlm_loss(self, image: TokenFeatures, batch: Batch) -> Tensor:
+        """Masked-word prediction from the joint sequence of each positive pair."""
+        masked, labels = mask_tokens(
+            batch["input_ids"], batch["attention_mask"], special_ids=self.special_ids.values(),
+            mask_id=self.special_ids["mask"], vocab_size=self.vocab_size, prob=self.mlm_prob)
+        text = self.text_features({"input_ids": masked, "attention_mask": batch["attention_mask"]})
+        hidden = self.joint(image, text)[:, : labels.shape[1]]
+        chosen = labels != IGNORE_INDEX
+        if not bool(chosen.any()):  # a batch of very short captions can draw no token at all
+            return hidden.sum() * 0.0
+        logits = self.mlm_head(hidden[chosen])
+        return F.cross_entropy(logits.float(), labels[chosen])
+
+
+class SingleStreamITC(SingleStream):
+    """Single stream plus an ALBEF-style contrastive head: hard negatives and a first stage."""
+
+    def __init__(self, cfg: Mapping[str, Any], vocab_size: int) -> None:
+        super().__init__(cfg, vocab_size)
+        itc = dict(cfg.get("itc") or {})
+        self.itc_pool = str(itc.get("pool", "encoder"))
+        if self.itc_pool not in ("encoder", "embeddings"):
+            raise ValueError(f"model.itc.pool must be 'encoder' or 'embeddings', "
+                             f"got {self.itc_pool!r}")
+        dim = int(itc.get("embed_dim", 256))
+        self.image_proj = nn.Linear(self.width, dim)
+        self.text_proj = nn.Linear(self.width, dim)
+        temperature = float(itc.get("init_temperature", 0.07))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def pooled(self, features: TokenFeatures) -> Tensor:
+        """One vector per item: first token after a unimodal pass, or masked mean embedding."""
+        if self.itc_pool == "encoder":
+            # The joint transformer run on one modality alone (as VLMo does): N + M extra
+            # forwards over short sequences, much stronger than a bag of embeddings.
+            return self.encode_tokens(features.tokens, features.mask)[:, 0]
+        weights = features.mask.to(features.tokens.dtype)[..., None]
+        return (features.tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """L2-normalised contrastive image embeddings ``[N, D]``."""
+        return self.embed_image(self.image_features(images))
+
+    def encode_text(self, tokens: TextTokens) -> Tensor:
+        """L2-normalised contrastive text embeddings ``[M, D]``."""
+        return self.embed_text(self.text_features(tokens))
+
+    def embed_image(self, features: TokenFeatures) -> Tensor:
+        """Contrastive embedding of cached image features."""
+        return F.normalize(self.image_proj(self.pooled(features)), dim=-1)
+
+    def embed_text(self, features: TokenFeatures) -> Tensor:
+        """Contrastive embedding of cached text features."""
+        return F.normalize(self.text_proj(self.pooled(features)), dim=-1)
+
+    def clamp_logit_scale(self) -> None:
+        """Keep the temperature in CLIP's range; the loop calls this after each step."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    def negative_logits(self, image: TokenFeatures, text: TokenFeatures, ids: Tensor,
+                        out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """ITC loss into ``out``; its detached, temperature-scaled similarities as weights."""
+        img, txt = self.embed_image(image), self.embed_text(text)
+        scale = self.logit_scale.exp()
+        out["itc"] = self.loss_weights["itc"] * symmetric_info_nce(img, txt, scale, ids, ids)
+        with torch.no_grad():
+            sims = scale * img @ txt.t()
+        return sims, sims.t()
+
+
+def build_single_stream(cfg: Mapping[str, Any], *, vocab_size: int) -> SingleStream:
+    """Registry factory for ``model=single_stream``."""
+    cls = SingleStreamITC if cfg.get("contrastive_head", False) else SingleStream
+    return cls(cfg, vocab_size)

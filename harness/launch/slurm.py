@@ -1,0 +1,149 @@
+"""``cluster=slurm``: submit a grid's whole DAG at once with submitit and SLURM dependencies.
+
+Each stage is one submitit job running :class:`StageJob`, which composes the stage's config
+and calls the same stage runner as ``python -m harness.run task=...``. Dependents are queued
+with ``afterok`` on their parent's job, so the command returns as soon as everything is queued
+(``cluster.wait=true`` blocks and reports). Jobs import the code from a snapshot taken at
+submission, so editing the checkout afterwards does not change queued or requeued jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from harness.launch.executor import GridReport
+from harness.launch.grid import PlannedStage
+from harness.launch.snapshot import snapshot_code
+from harness.launch.store import RUNNING_MARKER, atomic_write_json, mark, read_marker
+
+
+class StageJob:
+    """The function a SLURM job runs: one stage, resumable when preempted (submitit protocol)."""
+
+    def __init__(self, overrides: Sequence[str], run_root: str, grid: str) -> None:
+        self.overrides = list(overrides)
+        self.run_root = run_root
+        self.grid = grid
+
+    def __call__(self) -> str:
+        from harness.config import compose
+        from harness.stage import run_stage
+        from harness.train.loop import Preempted
+
+        try:
+            return str(run_stage(compose(self.overrides), Path(self.run_root), grid=self.grid))
+        except Preempted:
+            # The loop saved a checkpoint at a step boundary; hand over to submitit's own
+            # USR2 handler (restored by now), which calls checkpoint() and requeues the job.
+            signal.raise_signal(signal.SIGUSR2)
+            raise
+
+    def checkpoint(self) -> Any:
+        """Requeue with a fresh job object; the stage resumes from ``checkpoints/latest.pt``."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(StageJob(self.overrides, self.run_root,
+                                                           self.grid))
+
+
+def _resources(cluster: Mapping[str, Any], task: str) -> dict[str, Any]:
+    merged = dict(cluster["resources"]["default"])
+    merged.update(cluster["resources"].get(task) or {})
+    return merged
+
+
+def _executor_for(stage: PlannedStage, cluster: Mapping[str, Any], folder: Path,
+                  setup: list[str], dependency: str | None) -> Any:
+    import submitit
+
+    res = _resources(cluster, stage.task)
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
+                                     slurm_max_num_timeout=int(cluster["max_requeues"]))
+    additional = dict(cluster.get("additional") or {})
+    if dependency:
+        # A parent that failed can never satisfy afterok: let SLURM drop the child at once
+        # instead of leaving it pending forever.
+        additional.update({"dependency": dependency, "kill-on-invalid-dep": "yes"})
+    params: dict[str, Any] = {
+        "name": stage.run_dir.name, "nodes": res["nodes"], "tasks_per_node": res["tasks_per_node"],
+        "cpus_per_task": res["cpus_per_task"], "mem_gb": res["mem_gb"],
+        "timeout_min": res["timeout_min"], "slurm_signal_delay_s": cluster["signal_delay_s"],
+        "slurm_setup": setup,
+        "slurm_additional_parameters": additional,
+    }
+    if res.get("gpus_per_node"):
+        params["gpus_per_node"] = res["gpus_per_node"]
+    for key in ("partition", "account", "qos", "constraint"):
+        if cluster.get(key):
+            params[f"slurm_{key}"] = cluster[key]
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_root: Path,
+                grid: str) -> tuple[GridReport, Path]:
+    """Submit every stage not done or queued, parents first; returns the report and manifest."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path(cluster["folder"]).resolve()
+    setup: list[str] = list(cluster.get("setup") or [])
+    if cluster.get("snapshot", True):
+        code = snapshot_code(run_root / ".snapshots" / stamp)
+        # PYTHONPATH precedes the editable install's path, so jobs import the snapshot (and
+        # read its configs); the working directory stays the submission's, as do relative paths.
+        setup += [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    report, jobs = GridReport(), {}
+    manifest: dict[str, Any] = {"grid": grid, "submitted_at": stamp, "stages": {}}
+    for stage in plan:
+        name = stage.run_dir.name
+        status = stage.status()
+        parent_job = jobs.get(stage.parent.run_dir) if stage.parent else None
+        if status == "done":
+            report.skipped.append(name)
+            entry = {"status": "done"}
+        elif stage.parent is not None and stage.parent.run_dir.name in report.failed:
+            report.blocked[name] = f"depends on {stage.parent.run_dir.name}"
+            entry = {"status": "blocked"}
+        elif status == "running":
+            job_id = read_marker(stage.run_dir, RUNNING_MARKER).get("job_id")
+            if job_id:  # a local run elsewhere has no job to depend on
+                jobs[stage.run_dir] = str(job_id)
+            report.skipped.append(name)
+            entry = {"status": "running", "job_id": job_id}
+        else:
+            dependency = f"afterok:{parent_job}" if parent_job else None
+            try:
+                executor = _executor_for(stage, cluster, folder, setup, dependency)
+                job = executor.submit(StageJob(stage.overrides, str(run_root.resolve()), grid))
+            except Exception as exc:  # sbatch's message is the useful part
+                report.failed[name] = f"sbatch refused it: {exc}".strip()
+                manifest["stages"][name] = {"status": "refused", "error": str(exc)}
+                continue
+            jobs[stage.run_dir] = job.job_id
+            stage.run_dir.mkdir(parents=True, exist_ok=True)
+            mark(stage.run_dir, RUNNING_MARKER, job_id=job.job_id, state="queued",
+                 log=str(job.paths.stdout))
+            report.done.append(name)
+            entry = {"status": "submitted", "job_id": job.job_id, "log": str(job.paths.stdout),
+                     "dependency": dependency}
+        manifest["stages"][name] = {"task": stage.task, "model": stage.model,
+                                    "dataset": stage.dataset, **entry}
+    path = run_root / ".grids" / f"{grid}-{stamp}.json"
+    atomic_write_json(path, manifest)
+    return report, path
+
+
+def wait_for(plan: Sequence[PlannedStage], poll_s: float = 5.0, timeout_s: float | None = None
+             ) -> dict[str, str]:
+    """Block until no stage is queued or running; final status of each stage."""
+    start = time.monotonic()
+    while True:
+        states = {s.run_dir.name: s.status() for s in plan}
+        if "running" not in states.values():
+            return states
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            return states
+        time.sleep(poll_s)
