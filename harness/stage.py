@@ -40,10 +40,15 @@ TaskFn = Callable[[DictConfig, Path, Path], dict[str, Any]]
 
 
 def _prepare_data(cfg: DictConfig) -> None:
-    if cfg.data.get("generate"):
+    if cfg.data.get("generate") and cfg.task.name != "bench":
         from harness.data.synthetic import ensure_synthetic
+        from harness.train.distributed import init_distributed, main_process_first
 
-        ensure_synthetic(Path(cfg.data.root), **to_plain(cfg.data.generate))
+        if cfg.task.name in ("pretrain", "finetune"):  # joins the process group under DDP
+            init_distributed(torch.device(cfg.task.device).type if cfg.task.get("device")
+                             else None)
+        with main_process_first():  # rank 0 builds; the others then find it complete
+            ensure_synthetic(Path(cfg.data.root), **to_plain(cfg.data.generate))
 
 
 def _corpus(cfg: DictConfig, split: str, report: DataReport) -> CaptionCorpus:
@@ -94,29 +99,51 @@ def _transform(cfg: DictConfig, train: bool) -> Any:
 
 def train_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     """Pretrain on a pair corpus or fine-tune on a caption dataset's train split."""
+    from harness.data.pretrain import ShardPairs, shard_captions
+    from harness.train.distributed import init_distributed, main_process_first
+
+    env = init_distributed(torch.device(cfg.task.device).type if cfg.task.get("device") else None)
     report = DataReport(cfg.data.on_bad_sample)
     inputs = cfg.model.get("train_inputs") or {}
     views = int(inputs.get("image_views", 1))
-    if cfg.task.name == "pretrain":
+    source = cfg.task.get("pretrain_source", "manifest")
+    if cfg.task.name == "pretrain" and source == "shards":
+        if not cfg.data.get("pretrain_shards"):
+            raise DataError(f"data={cfg.data.name} has no pretrain_shards for "
+                            f"task.pretrain_source=shards")
+        dataset: Any = ShardPairs(
+            str(cfg.data.pretrain_shards), _transform(cfg, train=True),
+            resampled=bool(cfg.task.get("shard_resampled", True)), seed=int(cfg.seed),
+            image_views=views, policy=str(cfg.data.on_bad_sample),
+            shuffle_buffer=int(cfg.task.get("shuffle_buffer", 0)))
+        captions: Any = shard_captions(dataset.shards)  # read only if a vocab must be built
+    elif cfg.task.name == "pretrain":
+        if source != "manifest":
+            raise ValueError(f"task.pretrain_source={source!r}; valid: manifest, shards")
         if not cfg.data.get("pretrain_manifest"):
             raise DataError(f"data={cfg.data.name} has no pretrain_manifest for task=pretrain")
         pairs = load_manifest(Path(cfg.data.pretrain_manifest), report,
                               check_images=bool(cfg.data.check_images))
         captions = [caption for _, caption in pairs]
-        dataset: Any = ManifestPairs(pairs, _transform(cfg, train=True), image_views=views)
+        dataset = ManifestPairs(pairs, _transform(cfg, train=True), image_views=views)
     else:
         corpus = _corpus(cfg, cfg.data.train_split, report)
         captions = corpus.captions
         dataset = CaptionPairs(corpus, _transform(cfg, train=True), image_views=views,
                                second_caption=bool(inputs.get("second_caption", False)),
                                seed=int(cfg.seed))
-    report.write(run_dir / "data_report.json")
+    if env.is_main:
+        report.write(run_dir / "data_report.json")
     parent = _parent(cfg, run_root, required=False)
-    tokenizer = resolve_tokenizer(
-        vocab_dir=cfg.data.vocab_dir, inherited=parent / "tokenizer" if parent else None,
-        captions=captions, cache_root=Path(cfg.data.vocab_cache),
-        max_len=int(cfg.data.max_text_len), vocab_size=int(cfg.data.vocab_size))
-    tokenizer.save(run_dir / "tokenizer")
+    with main_process_first():  # rank 0 builds the vocabulary cache, the others reuse it
+        tokenizer = resolve_tokenizer(
+            vocab_dir=cfg.data.vocab_dir, inherited=parent / "tokenizer" if parent else None,
+            captions=captions, cache_root=Path(cfg.data.vocab_cache),
+            max_len=int(cfg.data.max_text_len), vocab_size=int(cfg.data.vocab_size))
+    if env.is_main:
+        tokenizer.save(run_dir / "tokenizer")
+    # Initial weights depend on the seed only, not on what this process ran before.
+    torch.manual_seed(int(cfg.seed))
     model = _build_model(cfg, tokenizer)
     init = load_checkpoint(parent / "checkpoints" / "latest.pt")["model"] if parent else None
     summary = train(model, dataset, make_collate(tokenizer), to_plain(cfg.task), run_dir,
@@ -124,7 +151,9 @@ def train_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]
     return {"split": cfg.data.train_split if cfg.task.name == "finetune" else "pretrain",
             "train": {"steps": summary.steps, "samples_seen": summary.samples_seen,
                       "wall_s": round(summary.wall_s, 3), "final_losses": summary.final_losses,
-                      "batch_size": int(cfg.task.batch_size)},
+                      "batch_size": int(cfg.task.batch_size),
+                      "accum_steps": int(cfg.task.get("accum_steps", 1)),
+                      "world_size": summary.world_size},
             "data_report": report.summary()}
 
 
@@ -164,7 +193,30 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
                        / corpus.n_texts, "t2i_R@1": 100.0 / corpus.n_images}}
 
 
-TASKS: dict[str, TaskFn] = {"pretrain": train_task, "finetune": train_task, "eval": eval_task}
+def bench_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
+    """Parameters, FLOPs and protocol times of the model at this scale (random weights)."""
+    from harness.eval.cost import model_costs, protocol_seconds
+
+    device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    factory = MODELS.get(cfg.model.name)
+    model_cfg, vocab = to_plain(cfg.model), int(cfg.data.vocab_size)
+    block = model_costs(lambda: factory(model_cfg, vocab_size=vocab),
+                        image_size=int(cfg.model.image_size), text_len=int(cfg.task.text_len),
+                        vocab_size=vocab, protocols=list(cfg.task.protocols), device=device,
+                        precision=cfg.task.precision or ("bf16" if device.type == "cuda"
+                                                         else "fp32"),
+                        budget_s=float(cfg.task.budget_s), encode_batch=int(cfg.task.encode_batch),
+                        pair_batch=int(cfg.task.pair_batch), k_test=int(cfg.task.k_test))
+    return {"split": None, "efficiency": block, "protocol_seconds": protocol_seconds(block),
+            "protocol": {"dataset": None, "k_test": int(cfg.task.k_test),
+                         "precision": block["precision"],
+                         "eval_batch_size": int(cfg.task.encode_batch), "world_size": 1,
+                         "image_size": int(cfg.model.image_size),
+                         "max_text_len": int(cfg.task.text_len)}}
+
+
+TASKS: dict[str, TaskFn] = {"pretrain": train_task, "finetune": train_task, "eval": eval_task,
+                            "bench": bench_task}
 
 
 def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,

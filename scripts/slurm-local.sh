@@ -141,11 +141,19 @@ stop_daemons() {
 # Deadline shared by every wait of one `start`.
 DEADLINE=0
 
-# wait_until DESCRIPTION COMMAND...: poll COMMAND until it succeeds; non-zero once the deadline passed.
+# wait_until DESCRIPTION WATCH COMMAND...: poll COMMAND until it succeeds; non-zero once the
+# deadline passed. WATCH is COMM:PIDFILE of the daemon expected to answer ("-" for none): when no
+# such process has lived for 5 s, the wait gives up early instead of running into the deadline.
 wait_until() {
-    local what=$1
-    shift
+    local what=$1 watch=$2 seen=$SECONDS
+    shift 2
     while ! "$@" >/dev/null 2>&1; do
+        if [[ $watch != - ]] && pid_of "${watch%%:*}" "${watch#*:}" >/dev/null; then
+            seen=$SECONDS
+        elif [[ $watch != - ]] && ((SECONDS - seen >= 5)); then
+            log "${watch%%:*} is not running (no live process in ${watch#*:}) while waiting for $what"
+            return 1
+        fi
         if ((SECONDS >= DEADLINE)); then
             log "timed out after ${START_TIMEOUT}s waiting for $what"
             return 1
@@ -245,7 +253,7 @@ start_munge() {
         spawn "$LOGS/munged.out" runuser -u munge -- /usr/sbin/munged ||
             fail "munged did not start" "$LOGS/munged.out" /var/log/munge/munged.log
     fi
-    wait_until "munge to answer" munge_ok ||
+    wait_until "munge to answer" "munged:$MUNGE_PID" munge_ok ||
         fail "munge -n | unmunge does not work" "$LOGS/munged.out" /var/log/munge/munged.log
 }
 
@@ -285,7 +293,7 @@ start_mariadb() {
             --innodb-lock-wait-timeout=900 ||
             fail "could not launch mariadbd" "$LOGS/mariadbd.out"
     fi
-    wait_until "MariaDB on $DB_SOCK" db_answers ||
+    wait_until "MariaDB on $DB_SOCK" "mariadbd:$DB_PID" db_answers ||
         fail "MariaDB did not come up" "$DB_LOG" "$LOGS/mariadbd.out"
     local pw
     pw=$(db_password)
@@ -324,7 +332,7 @@ StorageLoc=slurm_acct_db"
         spawn "$LOGS/slurmdbd.out" slurmdbd ||
             fail "slurmdbd did not start" "$LOGS/slurmdbd.log" "$LOGS/slurmdbd.out"
     fi
-    wait_until "slurmdbd to answer sacctmgr" dbd_answers ||
+    wait_until "slurmdbd to answer sacctmgr" "slurmdbd:$RUN/slurmdbd.pid" dbd_answers ||
         fail "slurmdbd does not answer" "$LOGS/slurmdbd.log" "$LOGS/slurmdbd.out" "$DB_LOG"
     if ! dbd_answers 2>/dev/null | grep -qx local; then
         sacctmgr -i add cluster local >/dev/null ||
@@ -406,7 +414,8 @@ node_state() {
 }
 
 wait_node_ready() {
-    local state last_resume=-100
+    local state last_resume=-100 seen=$SECONDS
+    local -a logs=("$LOGS/slurmd.log" "$LOGS/slurmd.out" "$LOGS/slurmctld.log")
     while :; do
         state=$(node_state) || state=""
         case $state in
@@ -419,10 +428,14 @@ wait_node_ready() {
             scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true
             last_resume=$SECONDS
         fi
+        if pid_of slurmd "$RUN/slurmd.pid" >/dev/null; then
+            seen=$SECONDS
+        elif ((SECONDS - seen >= 5)); then
+            fail "slurmd is not running (node $NODE state '${state:-unknown}')" "${logs[@]}"
+        fi
         if ((SECONDS >= DEADLINE)); then
             fail "node $NODE not ready after ${START_TIMEOUT}s (state '${state:-unknown}'); reason: $(
-                sinfo -h -n "$NODE" -o %E 2>/dev/null || true)" "$LOGS/slurmd.log" "$LOGS/slurmd.out" \
-                "$LOGS/slurmctld.log"
+                sinfo -h -n "$NODE" -o %E 2>/dev/null || true)" "${logs[@]}"
         fi
         sleep 0.2
     done
@@ -442,7 +455,7 @@ start_slurm() {
         spawn "$LOGS/slurmctld.out" slurmctld -i ||
             fail "slurmctld did not start" "$LOGS/slurmctld.log" "$LOGS/slurmctld.out"
     fi
-    wait_until "slurmctld to answer scontrol ping" ctld_up ||
+    wait_until "slurmctld to answer scontrol ping" "slurmctld:$RUN/slurmctld.pid" ctld_up ||
         fail "slurmctld does not answer" "$LOGS/slurmctld.log" "$LOGS/slurmctld.out"
     if ! pid_of slurmd "$RUN/slurmd.pid" >/dev/null; then
         spawn "$LOGS/slurmd.out" slurmd -N "$NODE" ||

@@ -208,6 +208,19 @@ def test_half_precision_embeddings_are_scored_in_fp32() -> None:
     assert_ranks_equal(retrieval_ranks_from_embeddings(img.half(), txt.bfloat16(), txt2img), want)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_reference() -> None:
+    for seed, shuffle in ((0, False), (1, True)):
+        img, txt, txt2img = quantised_problem(seed, n_images=300, shuffle=shuffle)
+        want = reference_ranks(img @ txt.T, txt2img)
+        for chunk in (7, 128, 1000):
+            got = retrieval_ranks_from_embeddings(img, txt, txt2img, chunk, device="cuda")
+            assert_ranks_equal(got, want)
+            assert_ranks_equal(retrieval_ranks((img @ txt.T).cuda(), txt2img, chunk), want)
+        on_gpu = multi_positive_ranks(txt.cuda(), txt.cuda(), txt2img, txt2img, True, 64)
+        assert torch.equal(on_gpu, multi_positive_ranks(txt, txt, txt2img, txt2img, True, 64))
+
+
 # ---------------------------------------------------------------------- unimodal helper
 
 

@@ -46,20 +46,33 @@ def test_dag_runs_with_afterok_and_rerun_skips_done(slurm_cluster, tmp_path, cap
     assert "0 submitted, 2 already done" in capsys.readouterr().out
 
 
-def test_failed_stage_blocks_dependents_and_names_its_log(slurm_cluster, tmp_path, capsys):
-    # A zero temperature makes the very first loss infinite: the training stage fails.
-    args = _args(tmp_path, "model.init_temperature=0.0")
-    assert main(args) == 1
+def test_failed_stage_blocks_dependents_and_rerun_resubmits_it(slurm_cluster, tmp_path, capsys):
+    from harness.data.synthetic import ensure_synthetic
+
+    ensure_synthetic(tmp_path / "data", n_images=60, seed=0, image_size=64)
+    annotation = json.loads((tmp_path / "data" / "dataset_synthetic.json").read_text())
+    train_image = next(i for i in annotation["images"] if i["split"] == "train")
+    broken = tmp_path / "data" / train_image["filepath"] / train_image["filename"]
+    good_bytes = broken.read_bytes()
+    broken.write_bytes(good_bytes[: len(good_bytes) // 3])  # a truncated JPEG
+
+    assert main(_args(tmp_path)) == 1
     out = capsys.readouterr().out
     train_dir = next((tmp_path / "runs").glob("finetune-*"))
+    eval_dir = next((tmp_path / "runs").glob("eval-*"))
     assert f"{train_dir.name} failed" in out
     failed = json.loads((train_dir / "FAILED").read_text())
-    assert "NonFiniteLossError" in failed["error"] and "step 1" in failed["error"]
-    eval_dir = next((tmp_path / "runs").glob("eval-*"))
-    assert not (eval_dir / "result.json").exists()  # afterok never satisfied: it never ran
-    assert main([*args, "dry_run=true"]) == 0
+    assert "DataError" in failed["error"] and train_image["filename"] in failed["error"]
+    assert not (eval_dir / "env.json").exists()  # afterok never satisfied: it never started
+    assert main([*_args(tmp_path), "dry_run=true"]) == 0
     plan = capsys.readouterr().out
     assert f"{train_dir.name} finetune clip synthetic failed" in plan
+    assert f"{eval_dir.name} eval clip synthetic pending" in plan
+
+    broken.write_bytes(good_bytes)
+    assert main(_args(tmp_path)) == 0
+    assert "2 submitted" in capsys.readouterr().out
+    assert (eval_dir / "result.json").is_file()
 
 
 def test_rejected_sbatch_option_is_reported_with_its_stage(slurm_cluster, tmp_path, capsys):

@@ -20,6 +20,7 @@ matrix even if a BLAS rounds differently by shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -57,7 +58,8 @@ def _check_chunk_size(chunk_size: int) -> int:
     return chunk_size
 
 
-def _check_matrix(x: Tensor, name: str) -> Tensor:
+def _check_matrix(x: Tensor, name: str) -> tuple[Tensor, float]:
+    """Validated 2-D float tensor and its largest absolute value."""
     x = torch.as_tensor(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
@@ -65,13 +67,17 @@ def _check_matrix(x: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    # Row blocks keep the check's temporary mask small for a full similarity matrix.
+    # aminmax propagates NaN and needs no temporary the size of x; one reduction gives
+    # both the finiteness check and the overflow bound.
+    largest = 0.0
     for i0 in range(0, x.shape[0], _CHECK_BLOCK):
-        block = x[i0 : i0 + _CHECK_BLOCK]
-        if not bool(torch.isfinite(block).all()):
-            row = i0 + int((~torch.isfinite(block)).any(1).nonzero()[0])
+        lo, hi = (float(v) for v in torch.aminmax(x[i0 : i0 + _CHECK_BLOCK]))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = ~torch.isfinite(x[i0 : i0 + _CHECK_BLOCK]).all(1)
+            row = i0 + int(bad.nonzero()[0])
             raise ValueError(f"{name} has NaN or inf values (first in row {row})")
-    return x
+        largest = max(largest, -lo, hi)
+    return x, largest
 
 
 def _check_groups(groups: Tensor, n: int, name: str, rows: str) -> Tensor:
@@ -102,21 +108,20 @@ def _check_txt2img(txt2img: Tensor, n_images: int, n_texts: int) -> Tensor:
 
 
 def _check_embedding_pair(a: Tensor, b: Tensor, names: tuple[str, str]) -> tuple[Tensor, Tensor]:
-    a, b = _check_matrix(a, names[0]), _check_matrix(b, names[1])
+    (a, a_max), (b, b_max) = _check_matrix(a, names[0]), _check_matrix(b, names[1])
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"embedding dims differ: {names[0]} has {a.shape[1]}, {names[1]} has {b.shape[1]}"
         )
     # Finite inputs can still overflow fp32 in a dot product; then NaN scores would
     # silently compare false, so refuse up front with a cheap bound.
-    bound = float(a.abs().amax()) * float(b.abs().amax()) * a.shape[1]
-    if bound >= torch.finfo(torch.float32).max:
+    if a_max * b_max * a.shape[1] >= torch.finfo(torch.float32).max:
         raise ValueError(f"{names[0]} and {names[1]} are too large: fp32 dot products overflow")
     return a, b
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
+def _compute_dtype(a: Tensor, b: Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
 
 
 # ------------------------------------------------------------------------------- ranking
@@ -252,7 +257,7 @@ def retrieval_ranks(
     sims: Tensor, txt2img: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> tuple[Tensor, Tensor]:
     """1-based (i2t ranks per image, t2i ranks per text) from a similarity matrix."""
-    sims = _check_matrix(sims, "sims")
+    sims, _ = _check_matrix(sims, "sims")
     n_images, n_texts = sims.shape
     txt2img = _check_txt2img(txt2img, n_images, n_texts)
     chunk = _check_chunk_size(chunk_size)
@@ -298,7 +303,7 @@ def retrieval_ranks_from_embeddings(
     txt2img = _check_txt2img(txt2img, n_images, n_texts)
     chunk = _check_chunk_size(chunk_size)
     dev = torch.device(device) if device is not None else img_emb.device
-    dtype = _compute_dtype(img_emb)
+    dtype = _compute_dtype(img_emb, txt_emb)
     lay = _make_layout(txt2img, n_images, dev)
     txt = txt_emb.to(dev, dtype)
     txt = txt if lay.order is None else txt[lay.order]
@@ -343,7 +348,7 @@ def multi_positive_ranks(
     _check_every_query_has_positive(qg, gg, exclude_self)
     chunk = _check_chunk_size(chunk_size)
     dev = torch.device(device) if device is not None else query_emb.device
-    dtype = _compute_dtype(query_emb)
+    dtype = _compute_dtype(query_emb, gallery_emb)
     gallery = gallery_emb.to(dev, dtype)
     qg, gg = qg.to(dev), gg.to(dev)
     buf = _count_buffer(min(chunk, n_q), n_g, dev)

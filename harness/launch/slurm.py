@@ -93,8 +93,11 @@ def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_ro
     if cluster.get("snapshot", True):
         code = snapshot_code(run_root / ".snapshots" / stamp)
         # PYTHONPATH precedes the editable install's path, so jobs import the snapshot (and
-        # read its configs); the working directory stays the submission's, as do relative paths.
-        setup += [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}"]
+        # read its configs); the working directory stays the submission's, as do relative
+        # paths. PYTHONSAFEPATH (Python >= 3.11) stops `python -m` from putting that working
+        # directory, possibly the checkout itself, in front of the snapshot.
+        setup += [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}",
+                  "export PYTHONSAFEPATH=1"]
     report, jobs = GridReport(), {}
     manifest: dict[str, Any] = {"grid": grid, "submitted_at": stamp, "stages": {}}
     for stage in plan:

@@ -10,6 +10,20 @@ from typing import Any
 import torch
 
 
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk too.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and all of Windows) cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +37,15 @@ def atomic_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp files a killed :func:`atomic_save` of ``path`` left behind; returns them."""
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

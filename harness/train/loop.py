@@ -1,26 +1,52 @@
-"""The training loop every model shares: resumable, logged, stopping on non-finite losses."""
+"""The training loop every model shares: distributed, resumable, logged, stopping on NaN.
+
+One code path for one process and for DDP (``harness.train.distributed``): rank 0 writes
+checkpoints and metrics, the others wait at barriers. A checkpoint holds everything a step
+depends on (weights, optimizer, scheduler, scaler, every rank's RNG, the data position), so
+an interrupted run resumed from ``checkpoints/latest.pt`` ends bitwise identical to an
+uninterrupted one on CPU.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, IterableDataset
 
-from harness.train.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from harness.train.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    remove_stale_temps,
+    rng_state,
+    set_rng_state,
+)
+from harness.train.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+)
+from harness.train.metrics import MetricsLog
 from harness.train.optim import build_optimizer, build_scheduler
+from harness.train.sampling import ResumableSampler, build_loader
+from harness.train.step import NonFiniteLossError, Stepper, resolve_precision
 
+__all__ = ["NonFiniteLossError", "Preempted", "ResumableSampler", "StopSignals", "TrainSummary",
+           "train"]
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the step and the term."""
+LOG = logging.getLogger("harness.train")
+# Rank r seeds its RNG with seed + r * stride: dropout differs across ranks, rank 0 keeps the
+# single-process seed.
+RANK_SEED_STRIDE = 1_000_003
 
 
 class Preempted(RuntimeError):
@@ -54,27 +80,6 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-class ResumableSampler(Sampler[int]):
-    """An endless stream of per-epoch permutations that can start at any sample position.
-
-    Batches are consecutive slices of this stream, so the data position of a run is a single
-    number (samples consumed) and a resumed run sees exactly the batches it would have seen.
-    """
-
-    def __init__(self, n: int, seed: int, start: int = 0) -> None:
-        self.n, self.seed, self.start = n, seed, start
-
-    def __iter__(self) -> Iterator[int]:
-        epoch, offset = divmod(self.start, self.n)
-        while True:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-            yield from order[offset:].tolist()
-            epoch, offset = epoch + 1, 0
-
-    def __len__(self) -> int:  # endless; DataLoader only needs this for progress estimates
-        return sys.maxsize
-
-
 @dataclass(frozen=True)
 class TrainSummary:
     """What a finished training run reports into ``result.json``."""
@@ -83,75 +88,117 @@ class TrainSummary:
     samples_seen: int
     wall_s: float
     final_losses: dict[str, float]
+    world_size: int = 1
 
 
 def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _check_finite(losses: Mapping[str, Tensor], step: int) -> None:
-    for name, value in losses.items():
-        if not torch.isfinite(value.detach()).all():
-            raise NonFiniteLossError(
-                f"step {step}: loss term {name!r} is {value.item()}; training stopped, the last "
-                f"good checkpoint is kept")
+def _device(cfg: Mapping[str, Any], env: DistEnv) -> torch.device:
+    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+        # TF32 matmuls and cuDNN autotuning: free speed on Ampere+; bf16 autocast does the rest.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
+    return device
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON object a line) plus a plain progress line on stdout."""
+def batch_sizes(cfg: Mapping[str, Any], world_size: int) -> tuple[int, int, int]:
+    """(global batch per step, per-rank batch, micro-batch) with clear errors when uneven."""
+    total, accum = int(cfg["batch_size"]), int(cfg.get("accum_steps", 1) or 1)
+    if total % world_size:
+        raise ValueError(f"task.batch_size={total} (global, per step) is not divisible by the "
+                         f"world size {world_size}")
+    per_rank = total // world_size
+    if accum < 1 or per_rank % accum:
+        raise ValueError(f"task.accum_steps={accum} must divide the per-rank batch {per_rank} "
+                         f"(task.batch_size={total} / world size {world_size})")
+    return total, per_rank, per_rank // accum
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = path.open("a", encoding="utf-8")
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record and flush, so a killed job keeps its curve."""
-        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
-        self._handle.flush()
-        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in record.items())
-        print(f"[train] {shown}", flush=True)
-
-    def close(self) -> None:
-        """Close the file."""
-        self._handle.close()
+def _grad_checkpointing(model: nn.Module, enabled: bool) -> None:
+    if not enabled:
+        return
+    setter = getattr(model, "set_grad_checkpointing", None)
+    if setter is None:
+        LOG.warning("task.grad_checkpointing=true but %s has no set_grad_checkpointing(); "
+                    "training without it", type(model).__name__)
+        return
+    setter(True)
 
 
 def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str, Tensor]],
           cfg: Mapping[str, Any], run_dir: Path, *, init_state: dict[str, Tensor] | None = None
           ) -> TrainSummary:
     """Train ``model`` for ``cfg['steps']`` steps, resuming from ``checkpoints/latest.pt``."""
-    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = init_distributed(torch.device(cfg["device"]).type if cfg.get("device") else None)
+    device = _device(cfg, env)
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
-    torch.manual_seed(int(cfg["seed"]))
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed + RANK_SEED_STRIDE * env.rank)
+    total_batch, per_rank, micro = batch_sizes(cfg, env.world_size)
     if init_state is not None:
         model.load_state_dict(init_state)
+    _grad_checkpointing(model, bool(cfg.get("grad_checkpointing", False)))
     model.to(device)
+    precision = resolve_precision(cfg.get("precision"), device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     step, samples, wall = 0, 0, 0.0
-    if ckpt_path.is_file():
+    workers = int(cfg.get("num_workers", 0))
+    # Rank 0 decides whether to resume: on a network filesystem another rank might not see
+    # the file yet, and ranks that disagree would deadlock at the first collective.
+    resume = broadcast_object(ckpt_path.is_file() if env.is_main else None)
+    if env.is_main:
+        for tmp in remove_stale_temps(ckpt_path):
+            print(f"[train] removed {tmp.name}, left by a killed checkpoint write", flush=True)
+    if resume:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
         step, samples, wall = state["step"], state["samples_seen"], state["wall_s"]
-        set_rng_state(state["rng"])
-        print(f"[train] resumed from {ckpt_path} at step {step}", flush=True)
+        _restore_rng(state, env, total_batch, workers, dataset)
+        if env.is_main:
+            print(f"[train] resumed from {ckpt_path} at step {step}", flush=True)
 
-    batch_size, total = int(cfg["batch_size"]), int(cfg["steps"])
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate,
-                        sampler=ResumableSampler(len(dataset), int(cfg["seed"]), samples),
-                        num_workers=int(cfg.get("num_workers", 0)),
-                        pin_memory=device.type == "cuda", drop_last=True)
+    stepper = Stepper(model, optimizer, scheduler, cfg, precision, device)
+    if stepper.plain_accumulation and env.is_main:
+        LOG.warning("task.accum_steps=%d: %s has no train_features/losses_from_features, so "
+                    "contrastive negatives are per micro-batch (%d x %d ranks), not the global "
+                    "batch of %d; see docs/training.md", stepper.accum, type(model).__name__,
+                    micro, env.world_size, total_batch)
+    total = int(cfg["steps"])
+    pin = cfg.get("pin_memory", "auto")
+    loader = build_loader(dataset, collate, batch_size=per_rank, seed=seed, start=samples,
+                          rank=env.rank, world_size=env.world_size, num_workers=workers,
+                          pin_memory=device.type == "cuda" if pin == "auto" else bool(pin),
+                          prefetch_factor=cfg.get("prefetch_factor"))
 
     def save(complete: bool) -> None:
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "step": step, "samples_seen": samples,
-                     "wall_s": wall, "rng": rng_state(), "complete": complete}, ckpt_path)
+        rngs = gather_objects(rng_state())  # collective: every rank calls save at this step
+        if env.is_main:
+            scaler = precision.scaler.state_dict() if precision.scaler is not None else None
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler, "step": step,
+                         "samples_seen": samples, "wall_s": wall, "rng": rngs[0],
+                         "rng_per_rank": rngs, "world_size": env.world_size,
+                         "batch_size": total_batch, "accum_steps": stepper.accum,
+                         "num_workers": workers, "complete": complete}, ckpt_path)
+        barrier()
 
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / "metrics.jsonl",
+                     tensorboard_dir=run_dir / "tensorboard" if cfg.get("tensorboard", True)
+                     else None, total=total, start=step, progress=cfg.get("progress", "auto"),
+                     enabled=env.is_main)
     losses: dict[str, Tensor] = {}
+    log_every, ckpt_every = int(cfg["log_every"]), int(cfg["ckpt_every"])
+    interval = {"steps": 0, "data": 0.0, "step": 0.0}
     model.train()
     batches = iter(loader)
     with StopSignals() as stop:
@@ -160,43 +207,63 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
                 t0 = time.perf_counter()
                 batch = _to_device(next(batches), device)
                 t1 = time.perf_counter()
-                losses = _optimise(model, batch, optimizer, scheduler, cfg, step)
+                result = stepper.step(batch, step + 1, lambda: stop.received is not None)
+                losses = result.losses
                 step += 1
-                samples += batch_size
+                samples += total_batch
                 t2 = time.perf_counter()
                 wall += t2 - t0
-                if step % int(cfg["log_every"]) == 0 or step == total:
-                    log.write({"step": step, "loss": float(sum(losses.values())),
-                               "lr": scheduler.get_last_lr()[0],
-                               **{f"loss/{k}": float(v) for k, v in losses.items()},
-                               "data_s": t1 - t0, "step_s": t2 - t0,
-                               "samples_per_s": batch_size / max(t2 - t0, 1e-9)})
-                if stop.received is not None and step < total:
+                interval["steps"] += 1
+                interval["data"] += t1 - t0
+                interval["step"] += t2 - t0
+                log.tick()
+                if step % log_every == 0 or step == total:
+                    n = interval["steps"]
+                    record = {"step": step, "loss": float(sum(losses.values())),
+                              "lr": scheduler.get_last_lr()[0],
+                              **{f"loss/{k}": float(v) for k, v in losses.items()},
+                              "data_s": interval["data"] / n, "step_s": interval["step"] / n,
+                              "samples_per_s": total_batch * n / max(interval["step"], 1e-9),
+                              "samples_per_s_per_rank": per_rank * n / max(interval["step"],
+                                                                           1e-9)}
+                    if result.grad_norm is not None:
+                        record["grad_norm"] = float(result.grad_norm)
+                    log.write(record)
+                    interval = {"steps": 0, "data": 0.0, "step": 0.0}
+                if result.stop and step < total:
                     save(complete=False)
-                    raise Preempted(f"signal {signal.Signals(stop.received).name} at step {step}:"
-                                    f" checkpoint written to {ckpt_path}; rerun to resume")
-                if step % int(cfg["ckpt_every"]) == 0 and step < total:
+                    name = signal.Signals(stop.received).name if stop.received else "stop"
+                    raise Preempted(f"signal {name} at step {step}: checkpoint written to "
+                                    f"{ckpt_path}; rerun to resume")
+                if step % ckpt_every == 0 and step < total:
                     save(complete=False)
         finally:
             log.close()
+            del batches  # shut worker processes down before the final save
     save(complete=True)
     return TrainSummary(steps=step, samples_seen=samples, wall_s=wall,
-                        final_losses={k: float(v) for k, v in losses.items()})
+                        final_losses={k: float(v) for k, v in losses.items()},
+                        world_size=env.world_size)
 
 
-def _optimise(model: nn.Module, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: Mapping[str, Any],
-              step: int) -> dict[str, Tensor]:
-    """One forward/backward/update; returns the detached loss terms."""
-    losses = model.losses(batch)
-    _check_finite(losses, step + 1)  # steps are counted from 1 in logs and messages
-    loss = torch.stack(list(losses.values())).sum()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.get("grad_clip"):
-        nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
-    optimizer.step()
-    scheduler.step()
-    if hasattr(model, "clamp_logit_scale"):
-        model.clamp_logit_scale()
-    return {k: v.detach() for k, v in losses.items()}
+def _restore_rng(state: dict[str, Any], env: DistEnv, total_batch: int, workers: int,
+                 dataset: Dataset) -> None:
+    """This rank's RNG from the checkpoint; warn where a changed setup breaks exactness."""
+    saved_world = int(state.get("world_size", 1))
+    per_rank = state.get("rng_per_rank") or [state["rng"]]
+    if saved_world == env.world_size and len(per_rank) == env.world_size:
+        set_rng_state(per_rank[env.rank])
+    else:
+        LOG.warning("checkpoint was written by %d ranks, this run has %d: RNG streams restart, "
+                    "so the run is not bitwise identical to an uninterrupted one",
+                    saved_world, env.world_size)
+        if env.rank == 0:
+            set_rng_state(per_rank[0])
+    if int(state.get("batch_size", total_batch)) != total_batch:
+        raise ValueError(f"checkpoint was trained with task.batch_size="
+                         f"{state['batch_size']}, this run asks for {total_batch}: the data "
+                         f"position and schedule would not match; use a new run directory")
+    if isinstance(dataset, IterableDataset) and int(state.get("num_workers", workers)) != workers:
+        LOG.warning("resuming a shard stream with %d workers (checkpoint: %s): each "
+                    "(rank, worker) reads its own stream, so the samples differ from an "
+                    "uninterrupted run", workers, state.get("num_workers"))

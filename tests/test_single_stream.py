@@ -1,0 +1,209 @@
+"""The single-stream cross-encoder: ITM head, MLM masking, hard negatives, config wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.single_stream import (
+    DEFAULT_SPECIAL_IDS,
+    SingleStream,
+    SingleStreamITC,
+    build_single_stream,
+)
+from baselines.single_stream_objectives import IGNORE_INDEX, mask_tokens, sample_negatives
+from harness.config import compose, to_plain
+from harness.interfaces import CrossEncoder, DualEncoder
+
+VOCAB = 60
+PAD, UNK, CLS, SEP, MASK = (DEFAULT_SPECIAL_IDS[k] for k in ("pad", "unk", "cls", "sep", "mask"))
+
+
+def tiny_cfg(**over: object) -> dict:
+    cfg = {
+        "image_size": 32,
+        "joint": {"name": "vit_tiny_patch16_224",
+                  "kwargs": {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1,
+                             "num_heads": 2}},
+        "text_max_len": 16,
+        "itc": {"embed_dim": 16},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def text_batch(lengths: list[int], width: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    """[CLS] w1 .. wn [SEP] [PAD]..., words drawn from the non-special ids."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), width), PAD)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, 0], ids[row, n + 1] = CLS, SEP
+        ids[row, 1 : n + 1] = torch.randint(5, VOCAB, (n,), generator=g)
+        mask[row, : n + 2] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def train_batch(n: int = 6) -> dict[str, torch.Tensor]:
+    batch = text_batch([3 + i % 4 for i in range(n)])
+    batch["images"] = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batch["image_ids"] = torch.tensor([i // 2 for i in range(n)])  # two captions per image
+    return batch
+
+
+@pytest.fixture(scope="module")
+def model() -> SingleStream:
+    torch.manual_seed(0)
+    return build_single_stream(tiny_cfg(), vocab_size=VOCAB).eval()
+
+
+def test_itm_head_scores_one_value_per_pair(model):
+    img = model.image_features(torch.randn(3, 3, 32, 32))
+    txt = model.text_features(text_batch([2, 5, 1, 4, 3]))
+    assert img.tokens.shape == (3, 1 + 4, 32) and txt.tokens.shape == (5, 10, 32)
+    rows_i, rows_t = torch.tensor([0, 0, 1, 2, 2, 1, 0]), torch.tensor([0, 1, 2, 3, 4, 4, 3])
+    pair_img, pair_txt = img.select(rows_i), txt.select(rows_t)
+    assert model.itm_logits(pair_img, pair_txt).shape == (7, 2)
+    scores = model.score_pairs(pair_img, pair_txt)
+    assert scores.shape == (7,) and torch.isfinite(scores).all()
+    # Several pairs per forward give each pair the score it gets alone.
+    alone = torch.cat([model.score_pairs(img.select(rows_i[p : p + 1]),
+                                         txt.select(rows_t[p : p + 1])) for p in range(7)])
+    torch.testing.assert_close(scores, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_score_ignores_extra_text_padding(model):
+    img = model.image_features(torch.randn(2, 3, 32, 32))
+    short, long = text_batch([3, 2], width=6), text_batch([3, 2], width=14)
+    a = model.score_pairs(img, model.text_features(short))
+    b = model.score_pairs(img, model.text_features(long))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_logprob_score_is_a_log_probability():
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(itm_score="logprob"), vocab_size=VOCAB).eval()
+    s = m.score_pairs(m.image_features(torch.randn(2, 3, 32, 32)),
+                      m.text_features(text_batch([2, 3])))
+    assert (s <= 0).all()
+    with pytest.raises(ValueError, match="itm_score"):
+        build_single_stream(tiny_cfg(itm_score="prob"), vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_losses_have_their_own_keys_and_train(head):
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(contrastive_head=head), vocab_size=VOCAB)
+    assert isinstance(m, CrossEncoder)
+    assert isinstance(m, DualEncoder) == head  # only the contrastive variant embeds
+    losses = m.losses(train_batch())
+    assert set(losses) == ({"itm", "mlm", "itc"} if head else {"itm", "mlm"})
+    total = sum(losses.values())
+    total.backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert m.itm_head.weight.grad is not None and m.text_embed.word.weight.grad is not None
+    if head:
+        emb = m.encode_image(torch.randn(2, 3, 32, 32))
+        torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
+        assert m.encode_text(text_batch([2, 3])).shape == (2, 16)
+
+
+def test_itc_pooling_option():
+    m = build_single_stream(tiny_cfg(contrastive_head=True, itc={"embed_dim": 8,
+                                                                  "pool": "embeddings"}),
+                            vocab_size=VOCAB)
+    assert isinstance(m, SingleStreamITC) and m.encode_text(text_batch([1, 4])).shape == (2, 8)
+    with pytest.raises(ValueError, match="itc.pool"):
+        build_single_stream(tiny_cfg(contrastive_head=True, itc={"pool": "max"}), vocab_size=VOCAB)
+
+
+def test_mlm_masks_only_real_text_tokens():
+    batch = text_batch([1, 4, 7, 0], width=12)
+    specials = DEFAULT_SPECIAL_IDS.values()
+    kw = {"special_ids": specials, "mask_id": MASK, "vocab_size": VOCAB}
+    masked, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], prob=1.0, **kw)
+    real = batch["attention_mask"].bool() & (batch["input_ids"] >= 5)
+    assert torch.equal(labels != IGNORE_INDEX, real)  # prob 1: every word, nothing else
+    assert torch.equal(labels[real], batch["input_ids"][real])
+    assert torch.equal(masked[~real], batch["input_ids"][~real])  # [CLS]/[SEP]/[PAD] untouched
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        masked, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], prob=0.5,
+                                     generator=g, **kw)
+        chosen = labels != IGNORE_INDEX
+        assert not (chosen & ~real).any()
+        assert torch.equal(masked[~chosen], batch["input_ids"][~chosen])
+
+
+def test_mlm_80_10_10_rule():
+    n = 40_000
+    ids = torch.randint(5, VOCAB, (1, n))
+    ids[0, 0], ids[0, -1] = CLS, SEP
+    g = torch.Generator().manual_seed(0)
+    masked, labels = mask_tokens(ids, torch.ones_like(ids), special_ids=DEFAULT_SPECIAL_IDS.values(),
+                                 mask_id=MASK, vocab_size=VOCAB, prob=0.15, generator=g)
+    chosen = labels != IGNORE_INDEX
+    assert abs(chosen.float().mean().item() - 0.15) < 0.01
+    frac_mask = (masked[chosen] == MASK).float().mean().item()
+    frac_same = (masked[chosen] == ids[chosen]).float().mean().item()
+    assert abs(frac_mask - 0.8) < 0.02
+    # 10% kept on purpose, plus random draws that hit the same word or a special id.
+    assert 0.09 < frac_same < 0.14
+    assert not torch.isin(masked[chosen & (masked != MASK)], torch.tensor([PAD, CLS, SEP])).any()
+
+
+def test_hard_negatives_never_positive_nor_same_image():
+    ids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+    same = ids[:, None] == ids[None, :]
+    # Logits that strongly prefer the same-image columns must still never pick them.
+    logits = torch.where(same, torch.tensor(50.0), torch.tensor(0.0))
+    g = torch.Generator().manual_seed(0)
+    for use_logits in (True, False):
+        for _ in range(200):
+            idx, valid = sample_negatives(same, logits if use_logits else None, generator=g)
+            assert valid.all()
+            assert not same[torch.arange(len(ids)), idx].any()
+
+
+def test_hard_negatives_follow_the_weights_and_flag_rows_without_any():
+    same = torch.tensor([[True, False, False], [False, True, False], [True, True, True]])
+    logits = torch.tensor([[0.0, 20.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    picks = torch.stack([sample_negatives(same, logits, generator=g)[0] for _ in range(100)])
+    assert (picks[:, 0] == 1).all()  # exp(20) outweighs the other allowed column
+    assert set(picks[:, 1].tolist()) == {0, 2}
+    _, valid = sample_negatives(same, logits)
+    assert valid.tolist() == [True, True, False]
+
+
+def test_itm_batch_drops_rows_without_a_negative():
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(), vocab_size=VOCAB)
+    batch = train_batch(4)
+    batch["image_ids"] = torch.zeros(4, dtype=torch.long)  # one image's captions only
+    losses = m.losses(batch)
+    assert torch.isfinite(losses["itm"])  # positives alone, no crash and no false negative
+
+
+def test_special_ids_from_config():
+    m = build_single_stream(tiny_cfg(special_ids={"pad": 0, "unk": 10, "cls": 11, "sep": 12,
+                                                  "mask": 13}), vocab_size=VOCAB)
+    assert m.special_ids["mask"] == 13
+    with pytest.raises(ValueError, match="special_ids"):
+        build_single_stream(tiny_cfg(special_ids={"mask": 103}), vocab_size=VOCAB)
+
+
+def test_text_longer_than_positions_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="text positions"):
+        model.text_features(text_batch([3], width=20))
+
+
+def test_configs_compose_for_both_scales():
+    paper = compose(["model=single_stream", "scale=paper"]).model
+    smoke = to_plain(compose(["model=single_stream", "scale=smoke"]).model)
+    assert paper.joint.name == "vit_base_patch32_384" and paper.image_size == 384
+    assert smoke["image_size"] == 64 and smoke["joint"]["kwargs"]["img_size"] == 64
+    assert {"mean", "std", "train_inputs", "special_ids"} <= set(smoke)
+    m = build_single_stream(smoke, vocab_size=300)
+    assert isinstance(m, SingleStream) and not isinstance(m, SingleStreamITC)
+    assert m.image_features(torch.zeros(1, 3, 64, 64)).tokens.shape == (1, 17, 128)
