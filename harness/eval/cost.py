@@ -12,9 +12,14 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from harness.eval.efficiency import (cross_encoder_costs, cross_protocol_flops,
-                                     dual_encoder_costs, dual_protocol_flops, efficiency_block,
-                                     resolve_protocol)
+from harness.eval.efficiency import (
+    cross_encoder_costs,
+    cross_protocol_flops,
+    dual_encoder_costs,
+    dual_protocol_flops,
+    efficiency_block,
+    resolve_protocol,
+)
 from harness.eval.flops import flops_summary, param_counts
 from harness.interfaces import CrossEncoder
 
