@@ -47,7 +47,8 @@ def _run_grid(cfg: DictConfig, overrides: Sequence[str]) -> int:
         return _submit(cfg, grid, plan, run_root)
     from harness.launch.executor import run_local
 
-    report = run_local(plan, run_root, grid["name"], in_job=cfg.cluster.name == "debug")
+    report = run_local(plan, run_root, grid["name"], in_job=cfg.cluster.name == "debug",
+                       workers=int(cfg.cluster.get("workers", 1)))
     print(report.summary(), flush=True)
     _tables(grid, plan, Path(cfg.results_dir))
     return 0 if report.ok else 1

@@ -206,4 +206,4 @@ def test_configs_compose_for_both_scales():
     assert {"mean", "std", "train_inputs", "special_ids"} <= set(smoke)
     m = build_single_stream(smoke, vocab_size=300)
     assert isinstance(m, SingleStream) and not isinstance(m, SingleStreamITC)
-    assert m.image_features(torch.zeros(1, 3, 64, 64)).tokens.shape == (1, 17, 128)
+    assert m.image_features(torch.zeros(1, 3, 64, 64)).tokens.shape == (1, 17, 96)

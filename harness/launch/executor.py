@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,34 +35,83 @@ class GridReport:
         return "\n".join(lines)
 
 
-def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
-              in_job: bool = False) -> GridReport:
-    """Run every stage in this process, in dependency order; failures block dependents only.
-
-    ``in_job`` runs each stage through the job object a SLURM job would run (cluster=debug).
-    """
+def _run_in_job(overrides: Sequence[str], run_root: str, grid: str) -> str:
+    """Module-level so a spawned worker process can unpickle it."""
     from harness.launch.slurm import StageJob
-    from harness.stage import run_stage  # heavy imports only when something really runs
 
+    return StageJob(overrides, run_root, grid)()
+
+
+def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
+              in_job: bool = False, workers: int = 1) -> GridReport:
+    """Run every stage on this machine in dependency order; failures block dependents only.
+
+    ``workers > 1`` runs independent stages at once, each in its own process; ``in_job`` runs
+    each stage through the job object a SLURM job would run (cluster=debug).
+    """
     report = GridReport()
     broken: set[Path] = set()
-    for stage in plan:
-        name = stage.run_dir.name
-        if stage.parent is not None and stage.parent.run_dir in broken:
-            report.blocked[name] = f"depends on {stage.parent.run_dir.name}"
-            broken.add(stage.run_dir)
-            continue
-        if stage.status() == "done":
-            report.skipped.append(name)
-            continue
-        try:
-            if in_job:
-                StageJob(stage.overrides, str(run_root), grid)()
+    finished: set[Path] = set()
+    pending = list(plan)
+
+    def settle(stage: PlannedStage, error: BaseException | None) -> None:
+        if error is None:
+            report.done.append(stage.run_dir.name)
+            finished.add(stage.run_dir)
+            return
+        info = read_marker(stage.run_dir, FAILED_MARKER)
+        report.failed[stage.run_dir.name] = (f"{type(error).__name__}: {error} "
+                                             f"(log: {info.get('log')})")
+        broken.add(stage.run_dir)
+
+    def ready() -> list[PlannedStage]:
+        """Stages whose parent is settled; blocked and done ones are settled here too."""
+        out = []
+        for stage in list(pending):
+            parent = stage.parent.run_dir if stage.parent else None
+            if parent in broken:
+                report.blocked[stage.run_dir.name] = f"depends on {parent.name}"
+                broken.add(stage.run_dir)
+            elif stage.status() == "done":
+                report.skipped.append(stage.run_dir.name)
+                finished.add(stage.run_dir)
+            elif parent is None or parent in finished:
+                out.append(stage)
+                continue
             else:
-                run_stage(stage.cfg, run_root, grid=grid)
-            report.done.append(name)
-        except Exception as exc:  # one failed stage must not lose the others' work
-            info = read_marker(stage.run_dir, FAILED_MARKER)
-            report.failed[name] = f"{type(exc).__name__}: {exc} (log: {info.get('log')})"
-            broken.add(stage.run_dir)
+                continue
+            pending.remove(stage)
+        return out
+
+    if workers <= 1:
+        from harness.stage import run_stage  # heavy imports only when something really runs
+
+        while pending:
+            batch = ready()
+            if not batch:
+                break
+            for stage in batch:
+                pending.remove(stage)
+                try:
+                    if in_job:
+                        _run_in_job(stage.overrides, str(run_root), grid)
+                    else:
+                        run_stage(stage.cfg, run_root, grid=grid)
+                    settle(stage, None)
+                except Exception as exc:  # one failed stage must not lose the others' work
+                    settle(stage, exc)
+        return report
+
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        running: dict[Future, PlannedStage] = {}
+        while pending or running:
+            for stage in ready():
+                pending.remove(stage)
+                running[pool.submit(_run_in_job, stage.overrides, str(run_root), grid)] = stage
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                settle(running.pop(future), future.exception())
     return report
