@@ -286,12 +286,15 @@ class SingleStreamITC(SingleStream):
 
     def pooled(self, features: TokenFeatures) -> Tensor:
         """One vector per item: first token after a unimodal pass, or masked mean embedding."""
+        tokens = features.tokens
         if self.itc_pool == "encoder":
             # The joint transformer run on one modality alone (as VLMo does): N + M extra
             # forwards over short sequences, much stronger than a bag of embeddings.
-            return self.encode_tokens(features.tokens, features.mask)[:, 0]
-        weights = features.mask.to(features.tokens.dtype)[..., None]
-        return (features.tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            tokens = self.encode_tokens(tokens, features.mask)
+        # A masked mean, not the first token: from scratch, a pre-LN stack leaves the [CLS]
+        # output nearly the same for every caption, and ITC then collapses to uniform scores.
+        weights = features.mask.to(tokens.dtype)[..., None]
+        return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """L2-normalised contrastive image embeddings ``[N, D]``."""

@@ -1,6 +1,6 @@
 """Top-k re-ranking throughput: the batched re-ranker vs one query per forward (ALBEF/BLIP).
 
-Run: ``python bench/bench_rerank.py [--size tiny|smoke] [--images N] [--captions C]
+Run: ``python bench/bench_rerank.py [--size tiny|smoke] [--images 150] [--captions 2]
 [--k-test K] [--batch-pairs P] [--repeats R] [--device cpu|cuda]``.
 
 A random single-stream cross-encoder and a random gallery (N images, C captions each, caption
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     """Time the three re-rankers side by side and print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--captions", type=int, default=5)
+    p.add_argument("--images", type=int, default=150)
+    p.add_argument("--captions", type=int, default=2)
     p.add_argument("--k-test", type=int, default=128)
     p.add_argument("--batch-pairs", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)

@@ -49,7 +49,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="grid names (default: every configs/grid/*.yaml)")
     parser.add_argument("overrides", nargs="*",
                         help="config overrides the grids ran with (they decide stage identities)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # `--grids a b k=v` swallows the overrides that follow it; a grid name has no '='.
+    if args.grids:
+        args.overrides = [*(g for g in args.grids if "=" in g), *args.overrides]
+        args.grids = [g for g in args.grids if "=" not in g] or None
+    return args
 
 
 def _plan(name: str, overrides: list[str], runs: Path | None

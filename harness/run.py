@@ -71,9 +71,9 @@ def _submit(cfg: DictConfig, grid: dict, plan: Sequence[PlannedStage], run_root:
 
 
 def _tables(grid: dict, plan: Sequence[PlannedStage], results_dir: Path) -> None:
-    from harness.analysis.tables import write_grid_tables
+    from harness.report import write_grid_report
 
-    for path in write_grid_tables(grid, plan, results_dir):
+    for path in write_grid_report(grid, plan, results_dir):
         print(f"[grid] wrote {path}", flush=True)
 
 

@@ -205,6 +205,8 @@ def test_delta_row_is_harness_minus_paper(collected: pd.DataFrame, paper: pd.Dat
     assert delta["rsum"] == pytest.approx(477.31 - 481.6)
     assert data[data["source"] == "delta"]["stage_id"].tolist().count(
         "eval-single_stream-flickr30k-ffff6666") == 0  # no published row of the same model
+    smoke = collected.assign(scale="smoke")  # same gallery, toy models: no delta at all
+    assert "delta" not in set(retrieval_table(smoke, GRID, paper).data["source"])
 
 
 def test_synthetic_rows_never_join_a_paper_protocol(collected: pd.DataFrame,
@@ -222,10 +224,11 @@ def test_failed_running_and_missing_rows_show_status_not_numbers(
         collected: pd.DataFrame, paper: pd.DataFrame) -> None:
     table = retrieval_table(collected, GRID, paper)
     rows = [r for s in table.sections for r in s.rows if r[0] == "harness"]
-    by_status = {r[-1].split(":")[0]: r for r in rows}
+    by_status = {r[-2].split(":")[0]: r for r in rows}
     for status in ("failed", "running", "missing"):
         assert set(by_status[status][5:12]) == {""}
-    assert "CUDA out of memory" in by_status["failed"][-1]
+    assert "CUDA out of memory" in by_status["failed"][-2]
+    assert by_status["missing"][-1] == "eval-clip-coco-eeee5555"  # the run it would have
 
 
 def test_ablation_rows_list_distinguishing_overrides(runs: Path, paper: pd.DataFrame) -> None:

@@ -228,3 +228,29 @@ def test_world_info_from_every_launcher():
     assert not world_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4",
                                     "HARNESS_DISTRIBUTED": "0"}).distributed
     assert first_host("node7") == "node7" and first_host("a-[1-3]") == "a-1"
+
+
+def test_feature_cache_replays_dropout_of_the_cached_pass():
+    """With dropout, GradCache's gradient is that of one grad-enabled pass over the micro-batches."""
+    from harness.train.optim import build_optimizer, build_scheduler
+    from harness.train.step import Stepper, _split, resolve_precision
+
+    class DropToy(DualToy):
+        def train_features(self, batch):
+            return super().train_features({**batch, "x": F.dropout(batch["x"], 0.5)})
+
+    data = PairData()
+    batch = collate([data[i] for i in range(8)])
+    reference = DropToy()
+    torch.manual_seed(123)
+    feats = [reference.train_features(mb) for mb in _split(batch, 4)]
+    merged = {k: torch.cat([f[k] for f in feats]) for k in feats[0]}
+    sum(reference.losses_from_features(merged).values()).backward()
+    model = DropToy()
+    optimizer = build_optimizer(model, CFG)
+    stepper = Stepper(model, optimizer, build_scheduler(optimizer, CFG), {**CFG, "accum_steps": 4},
+                      resolve_precision("fp32", torch.device("cpu")), torch.device("cpu"))
+    torch.manual_seed(123)
+    stepper._feature_cache(_split(batch, 4))
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -119,3 +119,144 @@ def test_warmup_cosine_shape():
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[10] == pytest.approx(1.0) and values[-1] < 0.01
     assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+class NoisyPoints(Points):
+    """Points with per-sample augmentation drawn from torch, random and NumPy."""
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+
+        jitter = torch.randn(4) * 0.1 + random.random() * 0.1 + float(np.random.rand()) * 0.1
+        return {"x": self.x[i] + jitter, "y": self.y[i]}
+
+
+class DropoutToy(ToyModel):
+    """Dropout draws from the main process's torch RNG, which checkpoints restore."""
+
+    def __init__(self, k: int | None = None) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+        self.k = k
+
+    def losses(self, batch):
+        out = super().losses({"x": self.drop(batch["x"]), "y": batch["y"]})
+        if self.k is not None and self.calls == self.k:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+
+def test_workers_and_resume_do_not_change_augmentation_or_dropout(tmp_path):
+    """Per-sample seeds from (seed, position): 0 or 2 workers, interrupted or not, same bits."""
+    cfg = {**CFG, "tensorboard": False}
+    runs = {}
+    for name, workers in (("w0", 0), ("w2", 2)):
+        torch.manual_seed(0)
+        model = DropoutToy()
+        train(model, NoisyPoints(), _collate, {**cfg, "num_workers": workers}, tmp_path / name)
+        runs[name] = model.state_dict()
+    torch.manual_seed(0)
+    with pytest.raises(Preempted):
+        train(DropoutToy(k=5), NoisyPoints(), _collate, {**cfg, "num_workers": 2},
+              tmp_path / "part")
+    torch.manual_seed(99)
+    resumed = DropoutToy()
+    train(resumed, NoisyPoints(), _collate, {**cfg, "num_workers": 2}, tmp_path / "part")
+    runs["resumed"] = resumed.state_dict()
+    for name in ("w2", "resumed"):
+        for key, value in runs["w0"].items():
+            assert torch.equal(value, runs[name][key]), (name, key)
+
+
+def test_sampler_gives_each_rank_its_slice_of_every_global_batch():
+    single = iter(ResumableSampler(10, seed=4, start=4))
+    stream = [next(single) for _ in range(12)]
+    ranks = [iter(ResumableSampler(10, seed=4, start=4, rank=r, world_size=2, batch_size=2))
+             for r in range(2)]
+    split = [[next(ranks[r]) for _ in range(6)] for r in range(2)]
+    for g in range(3):  # global batch g = rank 0's slice then rank 1's
+        assert stream[4 * g:4 * g + 4] == split[0][2 * g:2 * g + 2] + split[1][2 * g:2 * g + 2]
+
+
+def test_stale_temp_files_are_removed_and_metrics_and_tensorboard_written(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    (ckpt_dir / ".latest.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    train(ToyModel(), Points(), _collate, {**CFG, "steps": 2}, tmp_path)
+    assert not list(ckpt_dir.glob("*.tmp"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    state = load_checkpoint(ckpt_dir / "latest.pt")
+    assert state["complete"] and state["world_size"] == 1 and state["scaler"] is None
+
+
+def test_uneven_batch_split_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="accum_steps=3 must divide the per-rank batch 8"):
+        train(ToyModel(), Points(), _collate, {**CFG, "accum_steps": 3}, tmp_path)
+
+
+# --- WebDataset shards --------------------------------------------------------------------
+
+
+def _shards(tmp_path):
+    from harness.data.synthetic import generate
+
+    generate(tmp_path / "data", n_images=20, pretrain_pairs=32, shard_size=8, image_size=32)
+    return str(tmp_path / "data" / "pretrain" / "shards" / "pretrain-*.tar")
+
+
+def _augment(image):
+    """A transform drawing from torch and ``random``, so seeding is visible in its output."""
+    import random
+
+    import torchvision.transforms.functional as TF
+
+    return TF.to_tensor(image)[:, :8, :8] + torch.rand(1) + random.random()
+
+
+def _pairs_collate(items):
+    return {"images": torch.stack([it["image"] for it in items]),
+            "image_ids": torch.tensor([it["image_id"] for it in items])}
+
+
+def _batches(dataset, n, *, workers=2, batch=4, done=0, rank=0, world=1):
+    from torch.utils.data import DataLoader
+
+    dataset.set_position(rank=rank, world_size=world, batches_done=done, batch_size=batch)
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers,
+                        collate_fn=_pairs_collate)
+    out, it = [], iter(loader)
+    for _ in range(n):
+        out.append(next(it))
+    return out
+
+
+def test_shard_stream_is_seeded_and_resumes_exactly(tmp_path):
+    from harness.data.pretrain import ShardPairs
+
+    pattern = _shards(tmp_path)
+    make = lambda seed: ShardPairs(pattern, _augment, seed=seed, shuffle_buffer=6)  # noqa: E731
+    first = _batches(make(1), 7)
+    again = _batches(make(1), 7)
+    later = _batches(make(1), 4, done=3)  # what a run resumed after 3 batches reads
+    other = _batches(make(2), 7)
+    for a, b in zip(first, again):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["image_ids"], b["image_ids"])
+    for a, b in zip(first[3:], later):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["image_ids"], b["image_ids"])
+    assert not all(torch.equal(a["image_ids"], b["image_ids"]) for a, b in zip(first, other))
+
+
+def test_unresampled_shards_split_across_ranks_and_workers(tmp_path):
+    from harness.data.pretrain import ShardPairs
+
+    pattern = _shards(tmp_path)  # 4 shards of 8 pairs: one shard per (rank, worker) stream
+    seen = []
+    for rank in range(2):
+        dataset = ShardPairs(pattern, _augment, resampled=False, seed=0)
+        batches = _batches(dataset, 4, rank=rank, world=2)  # 2 workers x 2 batches of 4
+        seen += [int(i) for b in batches for i in b["image_ids"]]
+    assert len(seen) == 32 and len(set(seen)) == 32  # every pair once, no rank overlap
+    with pytest.raises(Exception, match="4 shards cannot feed 6 readers"):
+        _batches(ShardPairs(pattern, _augment, resampled=False), 1, workers=0, rank=0, world=6)

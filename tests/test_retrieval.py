@@ -164,6 +164,14 @@ def test_chunked_matches_argsort_reference(seed: int, shuffle: bool) -> None:
         assert_ranks_equal(got, want)
 
 
+def test_default_chunk_size_depends_on_device() -> None:
+    assert R.default_chunk_size("cpu") == R.CPU_CHUNK_SIZE
+    assert R.default_chunk_size("cuda:0") == R.GPU_CHUNK_SIZE
+    img, txt, txt2img = quantised_problem(9, n_images=R.CPU_CHUNK_SIZE + 37)
+    want = reference_ranks(img @ txt.T, txt2img)  # the default spans two chunks here
+    assert_ranks_equal(retrieval_ranks_from_embeddings(img, txt, txt2img), want)
+
+
 def test_matrix_and_embedding_paths_give_identical_metrics() -> None:
     img, txt, txt2img = quantised_problem(11, n_images=60)
     a = retrieval_metrics(img @ txt.T, txt2img, chunk_size=7)
@@ -217,8 +225,10 @@ def test_cuda_matches_cpu_reference() -> None:
             got = retrieval_ranks_from_embeddings(img, txt, txt2img, chunk, device="cuda")
             assert_ranks_equal(got, want)
             assert_ranks_equal(retrieval_ranks((img @ txt.T).cuda(), txt2img, chunk), want)
-        on_gpu = multi_positive_ranks(txt.cuda(), txt.cuda(), txt2img, txt2img, True, 64)
-        assert torch.equal(on_gpu, multi_positive_ranks(txt, txt, txt2img, txt2img, True, 64))
+        pairs = torch.arange(txt.shape[0]) // 2
+        pairs[-1] = pairs[-2]  # every caption has a partner, whatever the count
+        on_gpu = multi_positive_ranks(txt.cuda(), txt.cuda(), pairs, pairs, True, 64)
+        assert torch.equal(on_gpu, multi_positive_ranks(txt, txt, pairs, pairs, True, 64))
 
 
 # ---------------------------------------------------------------------- unimodal helper

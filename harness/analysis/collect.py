@@ -242,7 +242,20 @@ def _planned_row(stage: PlannedStage) -> dict[str, Any]:
             row[key] = value
     row["regime"] = regime(stage.dataset, chain)
     row["overrides"] = "; ".join(lineage_overrides(stage))
+    if row["status"] == MISSING:
+        row["error"] = _other_configs(stage)
     return row
+
+
+def _other_configs(stage: PlannedStage) -> str | None:
+    """Names of finished runs of the same task, model and dataset under another config."""
+    prefix = f"{stage.task}-{stage.model}-{stage.dataset}-"
+    root = stage.run_dir.parent
+    others = sorted(p.name for p in root.glob(f"{prefix}*") if p.is_dir()) \
+        if root.is_dir() else []
+    if not others:
+        return None
+    return f"runs of this stage under other configs exist: {', '.join(others[:3])}"
 
 
 def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

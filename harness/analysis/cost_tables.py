@@ -87,7 +87,7 @@ def cost_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) -
         if mine.empty:  # no protocol timed: show what the eval itself measured, labelled so
             enc, rank = row.get("eff.measured.encode_s"), row.get("eff.measured.rank_s")
             total = None if missing(enc) else float(enc) + (0.0 if missing(rank) else float(rank))
-            section.rows.append([*base, f"eval split ({gallery(row)})", "eval run",
+            section.rows.append([*base, f"eval split ({gallery(row)})", "eval run*",
                                  sig(enc, 4), "", "", sig(total, 4),
                                  "measured (this split)" if total is not None else "not timed",
                                  "", text(row.get("eff.hardware"), ""), "done"])
@@ -101,6 +101,8 @@ def cost_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) -
                "Query t2i (ms)", "Total (s)", "Timing", "Protocol TFLOPs", "Hardware", "Status"]
     notes = [FLOPS_NOTE, TIMING_NOTE,
              "An empty GFLOPs / pair means the model scores no pairs (a dual encoder).",
+             "* eval run: no protocol was timed for this stage; its seconds are the eval's own "
+             "encode (including image loading and decoding) and rank on its split.",
              "A row without numbers shows its stage status; nothing is filled in."]
     return Table(stem=f"{name}_cost", title=f"{name}: retrieval cost per model",
                  columns=columns, sections=[section], notes=notes, data=pd.DataFrame(data),

@@ -44,13 +44,14 @@ Figure = tuple[Path, str]  # (PNG path, caption); the PDF sits beside the PNG
 
 def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()  # once here, rather than bbox_inches="tight" re-drawing at every save
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{stem}.{ext}"
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{ext}")
         os.close(fd)
         try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=150)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -69,10 +70,10 @@ def row_labels(rows: pd.DataFrame) -> dict[str, str]:
         if several_datasets:
             label += f" · {row['dataset']}"
         labels[row["stage_id"]] = label
-    counts = pd.Series(list(labels.values())).value_counts()
-    for sid, label in labels.items():
-        if counts[label] > 1:
-            labels[sid] = f"{label} [{variants.get(sid) or sid[-8:]}]"
+    for extra in (lambda sid: variants.get(sid) or "default", lambda sid: sid[-8:]):
+        counts = pd.Series(list(labels.values())).value_counts()
+        labels = {sid: f"{label} [{extra(sid)}]" if counts[label] > 1 else label
+                  for sid, label in labels.items()}
     return labels
 
 
@@ -138,7 +139,7 @@ def recall_vs_time(df: pd.DataFrame, grid: str, out_dir: Path,
         ax.set_xscale("log")
         ax.set_title(f"{direction} R@1")
         ax.set_xlabel("retrieval seconds (log scale)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("R@1 (%)")
     axes[1].legend(fontsize=7, loc="best")
     caption = ("R@1 on each stage's eval split against the seconds to retrieve over a gallery "
@@ -250,7 +251,8 @@ def training_curves(df: pd.DataFrame, grid: str, out_dir: Path) -> list[Figure]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for term in terms:
-            ax.plot(frame["step"], frame[term], label=term, lw=2 if term == "loss" else 1)
+            ax.plot(frame["step"], frame[term], label=term, lw=2 if term == "loss" else 1,
+                    marker="o" if len(frame) < 20 else None)  # a short run: show its points
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title(f"{row['task']} {row['model']} on {row['dataset']} ({row['status']})")

@@ -7,7 +7,10 @@ A harness ``coco`` row on the ``test`` split with 5000 images and a fine-tuned p
 The embedded synthetic dataset has no published counterpart. A stage without a result shows its
 status, never numbers. Each grid gets ``<grid>.md`` (every table of the grid) plus
 ``<grid>_<kind>.tex`` and ``.csv`` per table; kinds are ``retrieval``, ``cost``, ``ratio`` and
-``unimodal`` (the last three in :mod:`harness.analysis.cost_tables`).
+``unimodal`` (the last three in :mod:`harness.analysis.cost_tables`); a kind with nothing to
+show is left out. Optional grid keys: ``tables: [retrieval, cost]`` picks the kinds, and
+``paper_rows: true|false`` lists every published row of a joined protocol (default: only for a
+grid named like a published table, e.g. ``table2``) or only those of the harness's models.
 """
 
 from __future__ import annotations
@@ -102,9 +105,10 @@ def status_text(row: Mapping[str, Any]) -> str:
     if status == "done" and row.get("has_result"):
         return "done"
     error = str(row.get("error") or "")
-    reason = {"missing": "missing: never run (no run directory)",
+    reason = {"missing": "missing: never run (no run directory)"
+                         + (f"; {error}" if error else ""),
               "pending": "pending: not started", "running": "running: no result yet",
-              "failed": f"failed: {error[:90]}", "done": f"no result: {error}"}
+              "failed": f"failed: {error if len(error) <= 90 else error[:89] + '…'}", "done": f"no result: {error}"}
     return reason.get(str(status), str(status))
 
 
@@ -168,7 +172,8 @@ def _section_keys(rows: pd.DataFrame) -> list[tuple[str, tuple[str, str] | None]
     return keys
 
 
-def section_heading(dataset: str, joined: tuple[str, str] | None, split: Any) -> str:
+def section_heading(dataset: str, joined: tuple[str, str] | None, split: Any,
+                    has_results: bool = True) -> str:
     """Heading naming a section's dataset and the published protocol it joins (or none)."""
     if joined is not None:
         size = joined[1].rsplit("_", 1)[1].upper()
@@ -177,8 +182,11 @@ def section_heading(dataset: str, joined: tuple[str, str] | None, split: Any) ->
     if dataset == "synthetic":
         return ("synthetic — the harness's embedded synthetic dataset, not a paper dataset: "
                 "no paper counterpart, paper columns empty")
-    return (f"{dataset} — split {split}: not a published protocol (or no result yet): "
-            "no paper counterpart, paper columns empty")
+    if not has_results:
+        return (f"{dataset} — split {split}: no result yet, so no gallery to join on; "
+                "published rows appear once a run reports its protocol")
+    return (f"{dataset} — split {split}: not a published protocol: no paper counterpart, "
+            "paper columns empty")
 
 
 def _harness_cells(row: Mapping[str, Any], variant: str | None) -> list[str]:
@@ -187,13 +195,13 @@ def _harness_cells(row: Mapping[str, Any], variant: str | None) -> list[str]:
     cells = ["harness", str(row["model"])]
     cells += [variant or "—"] if variant is not None else []
     return [*cells, text(row.get("scale")), text(row.get("regime")), gallery(row),
-            *metrics, status_text(row)]
+            *metrics, status_text(row), str(row["stage_id"])]
 
 
 def _paper_cells(prow: PaperRow, regime: str, protocol: str, variant: bool) -> list[str]:
     status = prow.status() + STATUS_MARK[prow.status()]
     return ["paper", prow.model, *(["—"] if variant else []), "published", regime, protocol,
-            *[prow.cell(m) for m in METRICS], status]
+            *[prow.cell(m) for m in METRICS], status, ""]
 
 
 def _value_status(prow: PaperRow) -> str:
@@ -235,11 +243,13 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
     sections: dict[tuple[str, tuple[str, str] | None], Section] = {}
     data: list[dict[str, Any]] = []
     for key in dict.fromkeys(keys):
-        split = rows.loc[[k == key for k in keys], "split"].iloc[0]
-        section = sections[key] = Section(section_heading(key[0], key[1], split))
+        members = rows.loc[[k == key for k in keys]]
+        done = any(has_numbers(r) for _, r in members.iterrows())
+        section = sections[key] = Section(section_heading(key[0], key[1],
+                                                          members["split"].iloc[0], done))
         if key[1] is None:
             continue
-        wanted = {PAPER_MODEL.get(str(m)) for m in rows.loc[[k == key for k in keys], "model"]}
+        wanted = {PAPER_MODEL.get(str(m)) for m in members["model"]}
         regime = key[1][1].split("_")[0]
         for (model, dataset, split_, protocol), prow in index.items():
             if (dataset, split_, protocol) == (key[0], *key[1]) and (full or model in wanted):
@@ -259,18 +269,20 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
             chance_i2t_R1=row.get("chance.i2t_R@1"), chance_t2i_R1=row.get("chance.t2i_R@1"),
             **metrics))
         prow = index.get((PAPER_MODEL.get(str(row["model"]), ""), key[0], *(key[1] or ("", ""))))
-        if prow is None or not has_numbers(row):
+        # A smoke-scale model is a pipeline check: a delta to a published number means nothing.
+        if prow is None or not has_numbers(row) or row.get("scale") == "smoke":
             continue
         delta = _delta(row, prow)
         sections[key].rows.append(
             ["Δ vs paper", prow.model, *(["—"] if show_variant else []), "", "", "",
              *[f"{delta[m]:+.2f}" if m in delta else "" for m in METRICS],
-             f"harness − paper ({prow.model}, {prow.status()}{STATUS_MARK[prow.status()]})"])
+             f"harness − paper ({prow.model}, {prow.status()}{STATUS_MARK[prow.status()]})",
+             ""])
         data.append(_record("delta", prow.model, key, stage_id=row["stage_id"],
                             status=f"harness - paper ({prow.status()})", **delta))
     columns = ["Source", "Model", *(["Variant"] if show_variant else []), "Scale", "Regime",
                "Protocol / gallery", *[m.replace("_", " ") for m in RECALL_KEYS], "RSUM",
-               "Status"]
+               "Status", "Run"]
     first = columns.index("i2t R@1")
     notes = ["R@K in percent; i2t = image→text, t2i = text→image; RSUM = sum of the six.",
              LEGEND,
@@ -278,7 +290,8 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
              "protocol (dataset, split, gallery size, fine-tuned or zero-shot).",
              "Harness ↔ paper models: " + ", ".join(f"{k} ↔ {v}" for k, v in PAPER_MODEL.items())
              + "; other harness models have no published row of the same model.",
-             "Scale smoke = tiny models for a pipeline check, never comparable to the paper.",
+             "Scale smoke = tiny models for a pipeline check, never comparable to the paper "
+             "(no Δ is computed for them).",
              "A row without numbers shows its stage status; nothing is filled in.",
              *_chance_notes(rows)]
     if show_variant:

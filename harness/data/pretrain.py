@@ -180,7 +180,7 @@ class ShardPairs(IterableDataset[Item]):
             while True:
                 yield self.shards[rng.randrange(len(self.shards))]
         mine = self.shards[stream::n_streams]
-        if not mine:
+        if len(self.shards) < n_streams:  # an empty stream would starve its rank forever
             raise DataError(f"{len(self.shards)} shards cannot feed {n_streams} readers "
                             f"(ranks x workers); use resampled shards or fewer workers")
         epoch = 0
@@ -226,10 +226,12 @@ class ShardPairs(IterableDataset[Item]):
     def __iter__(self) -> Iterator[Item]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        stream, n_streams = self.rank * workers + worker, self.world_size * workers
-        # The DataLoader hands batches out round-robin over workers: batch j came from
-        # worker j % workers, so this worker produced every workers-th of the first ones.
-        skip = len(range(worker, self.batches_done, workers)) * self.batch_size
+        # The DataLoader asks workers for batches round-robin, starting from worker 0: batch j
+        # of a run comes from stream j % workers. A resumed loader starts at batch
+        # batches_done, so its worker w continues the stream that batch would have come from.
+        logical = (worker + self.batches_done) % workers
+        stream, n_streams = self.rank * workers + logical, self.world_size * workers
+        skip = len(range(logical, self.batches_done, workers)) * self.batch_size
         produced = 0
         for position, (key, parts) in enumerate(self._records(stream, n_streams)):
             if produced < skip:

@@ -8,8 +8,8 @@ image); text->image (t2i) ranks a caption by its one image.
 One pass over image-row chunks of the similarity matrix serves both directions: each row
 chunk yields its images' i2t ranks, and adds column-wise counts for every caption against
 the caption's positive score, known beforehand. Only one chunk of scores (plus one equally
-sized count buffer) is ever held, so COCO-5K runs in ~120 MB instead of the gigabytes a full
-matrix plus argsort needs. R@K is in percent; ranks are 1-based.
+sized count buffer) is ever held: COCO-5K needs under 100 MB beyond its inputs on CPU,
+against ~1 GB for the full matrix plus argsort. R@K is in percent; ranks are 1-based.
 
 From embeddings, scores are fp32 (or wider) GEMMs of row chunks. The positive scores come
 from the same row-chunk GEMMs restricted to each chunk's own captions, so they match the
@@ -28,9 +28,11 @@ import torch
 from torch import Tensor
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-# Tuned with bench/bench_retrieval.py on COCO-5K sizes: big enough to keep the matmul
-# efficient, small enough that the chunk and its buffer stay around 100 MB.
-DEFAULT_CHUNK_SIZE = 512
+# Rows of scores per chunk when chunk_size is None, tuned with bench/bench_retrieval.py at
+# COCO-5K size. On CPUs small chunks stay in cache (on 2 quiet cores: 1.1-1.2x a bare matmul
+# at 128-256 rows, 1.4x at 512); on GPUs fewer, larger chunks amortise kernel launches.
+CPU_CHUNK_SIZE = 256
+GPU_CHUNK_SIZE = 1024
 # fp32 sums of 0/1 values stay exact below 2**24; beyond it the count buffer goes fp64.
 _FP32_EXACT = 2**24
 # Rows per block when checking a full similarity matrix for NaN/inf.
@@ -52,7 +54,14 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def _check_chunk_size(chunk_size: int) -> int:
+def default_chunk_size(device: torch.device | str) -> int:
+    """Rows of scores per chunk used when chunk_size is None: small on CPU, larger elsewhere."""
+    return CPU_CHUNK_SIZE if torch.device(device).type == "cpu" else GPU_CHUNK_SIZE
+
+
+def _check_chunk_size(chunk_size: int | None, device: torch.device) -> int:
+    if chunk_size is None:
+        return default_chunk_size(device)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return chunk_size
@@ -254,13 +263,13 @@ def _rank_pass(
 
 
 def retrieval_ranks(
-    sims: Tensor, txt2img: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+    sims: Tensor, txt2img: Tensor, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """1-based (i2t ranks per image, t2i ranks per text) from a similarity matrix."""
     sims, _ = _check_matrix(sims, "sims")
     n_images, n_texts = sims.shape
     txt2img = _check_txt2img(txt2img, n_images, n_texts)
-    chunk = _check_chunk_size(chunk_size)
+    chunk = _check_chunk_size(chunk_size, sims.device)
     lay = _make_layout(txt2img, n_images, sims.device)
     cols = torch.arange(n_texts, device=sims.device) if lay.order is None else lay.order
     q = sims[lay.pos, cols]
@@ -294,15 +303,15 @@ def retrieval_ranks_from_embeddings(
     img_emb: Tensor,
     txt_emb: Tensor,
     txt2img: Tensor,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """1-based (i2t, t2i) ranks from embeddings, scoring row chunks of img @ txt.T on device."""
     img_emb, txt_emb = _check_embedding_pair(img_emb, txt_emb, ("img_emb", "txt_emb"))
     n_images, n_texts = img_emb.shape[0], txt_emb.shape[0]
     txt2img = _check_txt2img(txt2img, n_images, n_texts)
-    chunk = _check_chunk_size(chunk_size)
     dev = torch.device(device) if device is not None else img_emb.device
+    chunk = _check_chunk_size(chunk_size, dev)
     dtype = _compute_dtype(img_emb, txt_emb)
     lay = _make_layout(txt2img, n_images, dev)
     txt = txt_emb.to(dev, dtype)
@@ -330,7 +339,7 @@ def multi_positive_ranks(
     query_group: Tensor,
     gallery_group: Tensor,
     exclude_self: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """1-based rank of each query's best positive (same group) in the gallery, by counting."""
@@ -346,8 +355,8 @@ def multi_positive_ranks(
     qg = _check_groups(query_group, n_q, "query_group", "queries")
     gg = _check_groups(gallery_group, n_g, "gallery_group", "gallery items")
     _check_every_query_has_positive(qg, gg, exclude_self)
-    chunk = _check_chunk_size(chunk_size)
     dev = torch.device(device) if device is not None else query_emb.device
+    chunk = _check_chunk_size(chunk_size, dev)
     dtype = _compute_dtype(query_emb, gallery_emb)
     gallery = gallery_emb.to(dev, dtype)
     qg, gg = qg.to(dev), gg.to(dev)
@@ -419,7 +428,7 @@ def retrieval_metrics(
     sims: Tensor,
     txt2img: Tensor,
     ks: Sequence[int] = DEFAULT_KS,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics from sims[n_images, n_texts] and each text's image index."""
     ks = _check_ks(ks)
@@ -431,7 +440,7 @@ def retrieval_metrics_from_embeddings(
     txt_emb: Tensor,
     txt2img: Tensor,
     ks: Sequence[int] = DEFAULT_KS,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics from embeddings without materialising the similarity matrix."""
@@ -446,7 +455,7 @@ def coco_1k_metrics(
     txt2img: Tensor,
     n_folds: int = 5,
     ks: Sequence[int] = DEFAULT_KS,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """COCO "1K" protocol: the mean over folds of consecutive images of each fold's metrics."""

@@ -22,12 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from harness.eval.retrieval import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_KS,
-    multi_positive_ranks,
-    summarize_ranks,
-)
+from harness.eval.retrieval import DEFAULT_KS, multi_positive_ranks, summarize_ranks
 
 
 def _usable_groups(groups: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,7 +36,7 @@ def _usable_groups(groups: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def self_excluded_metrics(emb: Tensor, groups: Tensor, prefix: str,
-                          ks: Sequence[int] = DEFAULT_KS, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                          ks: Sequence[int] = DEFAULT_KS, chunk_size: int | None = None,
                           device: torch.device | str | None = None) -> dict[str, float]:
     """R@K / medr / meanr of each item querying the others, positives sharing its group."""
     groups, kept = _usable_groups(groups)
@@ -53,15 +48,17 @@ def self_excluded_metrics(emb: Tensor, groups: Tensor, prefix: str,
     # multi_positive_ranks needs query i to be gallery item i to exclude it, so every item is
     # a query; a skipped one borrows a group that has positives and its rank is dropped.
     query_groups = torch.where(kept, groups, groups[kept][0])
+    # chunk_size None: retrieval.py's default for the device.
+    chunking = {} if chunk_size is None else {"chunk_size": chunk_size}
     ranks = multi_positive_ranks(emb, emb, query_groups, groups, exclude_self=True,
-                                 chunk_size=chunk_size, device=device)
+                                 device=device, **chunking)
     out.update(summarize_ranks(ranks[kept], ks, prefix))
     return out
 
 
 def unimodal_metrics(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor,
                      scene_ids: Tensor | Sequence[int] | None,
-                     ks: Sequence[int] = DEFAULT_KS, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     ks: Sequence[int] = DEFAULT_KS, chunk_size: int | None = None,
                      device: torch.device | str | None = None) -> dict[str, float]:
     """Caption->caption (same image) and image->image (same scene) retrieval metrics."""
     txt2img = torch.as_tensor(txt2img)

@@ -149,9 +149,11 @@ def main_process_first() -> Iterator[None]:
     main = current().is_main
     if not main:
         barrier()
-    yield
-    if main:
-        barrier()
+    try:
+        yield
+    finally:
+        if main:  # also when the block failed: the others then fail on their own, not hang
+            barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -16,6 +16,7 @@ get plain accumulation, whose negatives are only the micro-batch's (the loop war
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Mapping
@@ -128,9 +129,13 @@ class Stepper:
 
             # Buffers are rank-local state here (queues, running stats): models that need them
             # equal on every rank synchronise them themselves; rank 0's copy is checkpointed.
+            # (Newer torch renamed broadcast_buffers; every rank starts from one state anyway.)
+            no_buffer_sync = ({"forward_sync_buffers": False}
+                              if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                              else {"broadcast_buffers": False})
             forward = self.ddp = DDP(
                 forward, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False, gradient_as_bucket_view=True,
+                gradient_as_bucket_view=True, **no_buffer_sync,
                 find_unused_parameters=bool(cfg.get("ddp_find_unused", True)),
                 static_graph=bool(cfg.get("ddp_static_graph", False)))
         elif is_distributed():
@@ -170,7 +175,6 @@ class Stepper:
                 states.append(_rng_capture(self.device))
                 with self.precision.autocast():
                     cache.append(self.forward(mb))
-        rows = [next(iter(c.values())).shape[0] for c in cache]
         leaves = {k: torch.cat([c[k] for c in cache]).detach() for k in cache[0]}
         for v in leaves.values():
             if v.is_floating_point():
@@ -178,7 +182,8 @@ class Stepper:
         with self.precision.autocast():
             losses = self.model.losses_from_features(leaves)
         self._backward(torch.stack(list(losses.values())).sum())
-        grads = {k: v.grad.split(rows) for k, v in leaves.items() if v.grad is not None}
+        grads = {k: v.grad.split([c[k].shape[0] for c in cache])
+                 for k, v in leaves.items() if v.grad is not None}
         for i, mb in enumerate(micro):
             _rng_restore(states[i], self.device)  # same dropout masks as the cached pass
             with self.precision.autocast():
