@@ -42,12 +42,21 @@ class ClipDualEncoder(nn.Module):
         with torch.no_grad():
             self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
-    def losses(self, batch: Batch) -> dict[str, Tensor]:
+    def train_features(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-row features the loss needs; the training layer may cache them across
+        micro-batches so accumulation keeps the whole batch as negatives."""
+        return {"img": self.encode_image(batch["images"]), "txt": self.encode_text(batch),
+                "ids": batch["image_ids"]}
+
+    def losses_from_features(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Symmetric image-text InfoNCE; captions of one image are not each other's negatives."""
-        img = self.encode_image(batch["images"])
-        txt = self.encode_text(batch)
-        ids = batch["image_ids"]
-        return {"itc": symmetric_info_nce(img, txt, self.logit_scale.exp(), ids, ids)}
+        ids = features["ids"]
+        return {"itc": symmetric_info_nce(features["img"], features["txt"],
+                                          self.logit_scale.exp(), ids, ids)}
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Training loss terms of one batch."""
+        return self.losses_from_features(self.train_features(batch))
 
 
 def build_clip(cfg: Mapping[str, Any], *, vocab_size: int) -> ClipDualEncoder:

@@ -169,6 +169,9 @@ class SingleStream(nn.Module):
             raise ValueError(f"model.special_ids {self.special_ids} do not fit a vocabulary of "
                              f"{vocab_size}; set them from Tokenizer.special_ids")
         self.mlm_prob = float(cfg.get("mlm_prob", 0.15))
+        self.itm_pool = str(cfg.get("itm_pool", "cls"))
+        if self.itm_pool not in ("cls", "mean"):
+            raise ValueError(f"model.itm_pool must be 'cls' or 'mean', got {self.itm_pool!r}")
         self.itm_score = str(cfg.get("itm_score", "logit"))
         if self.itm_score not in ("logit", "logprob"):
             raise ValueError(f"model.itm_score must be 'logit' or 'logprob', got {self.itm_score!r}")
@@ -204,8 +207,9 @@ class SingleStream(nn.Module):
             tokens = block(tokens, attn_mask=attn_mask)
         return self.norm(tokens)
 
-    def joint(self, image_features: TokenFeatures, text_features: TokenFeatures) -> Tensor:
-        """Hidden states ``[P, L + T, D]`` of ``[text; image]`` sequences; text padding trimmed."""
+    def joint(self, image_features: TokenFeatures, text_features: TokenFeatures
+              ) -> tuple[Tensor, Tensor]:
+        """Hidden states ``[P, L + T, D]`` of ``[text; image]`` and their mask; padding trimmed."""
         if len(image_features) != len(text_features):
             raise ValueError(f"score_pairs needs aligned rows: {len(image_features)} image "
                              f"features vs {len(text_features)} text features")
@@ -215,11 +219,15 @@ class SingleStream(nn.Module):
         length = int(used.max()) + 1 if used.numel() else 1
         tokens = torch.cat([text_features.tokens[:, :length], image_features.tokens], dim=1)
         mask = torch.cat([text_features.mask[:, :length], image_features.mask], dim=1)
-        return self.encode_tokens(tokens, mask)
+        return self.encode_tokens(tokens, mask), mask
 
     def itm_logits(self, image_features: TokenFeatures, text_features: TokenFeatures) -> Tensor:
-        """Two-way (no match, match) logits ``[P, 2]`` from the pooled first ([CLS]) token."""
-        return self.itm_head(self.pooler(self.joint(image_features, text_features)[:, 0]))
+        """Two-way (no match, match) logits ``[P, 2]`` from the pooled joint sequence."""
+        hidden, mask = self.joint(image_features, text_features)
+        if self.itm_pool == "cls":
+            return self.itm_head(self.pooler(hidden[:, 0]))
+        weights = mask.to(hidden.dtype)[..., None]
+        return self.itm_head(self.pooler((hidden * weights).sum(1) / weights.sum(1)))
 
     # ------------------------------------------------------------------------ training
 
@@ -260,7 +268,7 @@ class SingleStream(nn.Module):
             batch["input_ids"], batch["attention_mask"], special_ids=self.special_ids.values(),
             mask_id=self.special_ids["mask"], vocab_size=self.vocab_size, prob=self.mlm_prob)
         text = self.text_features({"input_ids": masked, "attention_mask": batch["attention_mask"]})
-        hidden = self.joint(image, text)[:, : labels.shape[1]]
+        hidden = self.joint(image, text)[0][:, : labels.shape[1]]
         chosen = labels != IGNORE_INDEX
         if not bool(chosen.any()):  # a batch of very short captions can draw no token at all
             return hidden.sum() * 0.0

@@ -24,6 +24,7 @@ from cookie.layers import Pooler, WeightSharingTransformer
 from cookie.losses import CookieLosses, Views
 from cookie.momentum import MomentumQueue
 from harness.interfaces import Batch, TextTokens
+from harness.models.contrastive import gather_features
 from harness.models.towers import ImageTower, TextTower
 
 TT_VIEWS = ("auto", "caption", "dropout", "mask")
@@ -179,13 +180,17 @@ class CookieModel(nn.Module):
         ids = batch["image_ids"]
         q = self._views(self.encoder, images, tokens, n_img, n_txt)
         if self.momentum is None:
-            return self.criterion(q, q, ids, ids)
+            # Local rows are the queries; every rank's rows (gathered once, with gradients,
+            # and shared by all three terms) are the keys.
+            keys, ids_k = _gathered(q, ids)
+            return self.criterion(q, keys, ids, ids_k)
         with torch.no_grad():
             self.momentum.update(self.encoder)
-            k = self._views(self.momentum.encoder, images, tokens, n_img, n_txt)
-        keys, ids_k = self.momentum.with_queue(k, ids)
+            k, ids_all = _gathered(self._views(self.momentum.encoder, images, tokens, n_img,
+                                               n_txt), ids)
+        keys, ids_k = self.momentum.with_queue(k, ids_all)
         out = self.criterion(q, keys, ids, ids_k)
-        self.momentum.enqueue(k.img, k.txt, ids)
+        self.momentum.enqueue(k.img, k.txt, ids_all)
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
@@ -205,6 +210,15 @@ class CookieModel(nn.Module):
                     state[f"momentum.{key}"] = torch.zeros_like(value) if key != "queue_ids" \
                         else torch.full_like(value, -1)
         return super().load_state_dict(state, strict=strict, assign=assign)
+
+
+def _gathered(views: Views, ids: Tensor) -> tuple[Views, Tensor]:
+    """All ranks' views and ids (identity on one process); absent second views stay absent."""
+    present = [t for t in (views.img, views.txt, views.img2, views.txt2) if t is not None]
+    *gathered, all_ids = gather_features(*present, ids)
+    it = iter(gathered)
+    return Views(*(next(it) if t is not None else None
+                   for t in (views.img, views.txt, views.img2, views.txt2))), all_ids
 
 
 def build_cookie(cfg: Mapping[str, Any], *, vocab_size: int) -> CookieModel:

@@ -22,7 +22,16 @@ def missing_data(plan: Sequence[PlannedStage]) -> list[str]:
             continue
         paths = [data.annotation, data.image_root]
         if stage.task == "pretrain":
-            paths = [data.pretrain_manifest]
+            source = stage.cfg.task.get("pretrain_source", "manifest")
+            paths = [data.pretrain_manifest] if source == "manifest" else []
+            if source == "shards":
+                from harness.data.pretrain import expand_shards
+                from harness.data.report import DataError
+
+                try:
+                    expand_shards(str(data.pretrain_shards))
+                except DataError:
+                    paths = [data.pretrain_shards]
         missing += [f"{stage.label}: {p}" for p in paths if p and not Path(p).exists()]
     return sorted(set(missing))
 

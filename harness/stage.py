@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -18,9 +17,8 @@ from harness.data.pretrain import ManifestPairs, load_manifest
 from harness.data.report import DataError, DataReport
 from harness.data.text import Tokenizer, resolve_tokenizer
 from harness.data.transforms import build_transform
-from harness.eval.features import encode_images, encode_texts
 from harness.eval.results import make_result, write_result
-from harness.eval.retrieval import retrieval_metrics_from_embeddings
+from harness.eval.run_eval import evaluate_cross, evaluate_dual, is_cross_encoder
 from harness.launch.provenance import environment
 from harness.launch.store import (
     DONE_MARKER,
@@ -169,26 +167,24 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     model.load_state_dict(load_checkpoint(parent / "checkpoints" / "latest.pt")["model"])
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
-    batch = int(cfg.task.batch_size)
-    t0 = time.perf_counter()
-    img = encode_images(model, corpus, _transform(cfg, train=False), batch_size=batch,
-                        device=device, num_workers=int(cfg.task.num_workers))
-    txt = encode_texts(model, corpus.captions, tokenizer, batch_size=batch, device=device)
-    t1 = time.perf_counter()
-    metrics = retrieval_metrics_from_embeddings(img, txt, torch.tensor(corpus.txt2img),
-                                                device=device)
-    t2 = time.perf_counter()
+    transform, workers = _transform(cfg, train=False), int(cfg.task.num_workers)
+    if is_cross_encoder(model):
+        metrics, protocol, timings = evaluate_cross(model, corpus, transform, tokenizer,
+                                                    task=to_plain(cfg.task), device=device,
+                                                    num_workers=workers)
+    else:
+        metrics, protocol, timings = evaluate_dual(model, corpus, transform, tokenizer,
+                                                   batch_size=int(cfg.task.batch_size),
+                                                   device=device, num_workers=workers)
     return {"split": cfg.task.split, "metrics": metrics,
             "protocol": {"dataset": cfg.data.name, "split": cfg.task.split,
                          "n_images": corpus.n_images, "n_texts": corpus.n_texts,
                          "image_size": int(cfg.model.image_size),
-                         "max_text_len": int(cfg.data.max_text_len), "first_stage": None,
-                         "k_test": None, "fusion": None,
+                         "max_text_len": int(cfg.data.max_text_len),
                          "precision": "bf16" if device.type == "cuda" else "fp32",
-                         "eval_batch_size": batch, "world_size": 1},
-            "efficiency": _model_efficiency(
-                cfg, model, tokenizer.vocab_size, device,
-                {"encode_s": round(t1 - t0, 3), "rank_s": round(t2 - t1, 3)}),
+                         "eval_batch_size": int(cfg.task.batch_size), "world_size": 1,
+                         **protocol},
+            "efficiency": _model_efficiency(cfg, model, tokenizer.vocab_size, device, timings),
             "chance": {"i2t_R@1": 100.0 * len(corpus.captions) / corpus.n_images
                        / corpus.n_texts, "t2i_R@1": 100.0 / corpus.n_images}}
 
@@ -221,39 +217,50 @@ TASKS: dict[str, TaskFn] = {"pretrain": train_task, "finetune": train_task, "eva
 
 def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
               force: bool = False) -> Path:
-    """Run the stage ``cfg`` describes unless it is already done; returns its directory."""
+    """Run the stage ``cfg`` describes unless it is already done; returns its directory.
+
+    Under a multi-process launcher every rank runs this; only rank 0 writes the run
+    directory's records (config, env, markers, result), the others only compute.
+    """
+    from harness.train.distributed import world_info_from_env
+
     if cfg.task.name not in TASKS:
         raise ValueError(f"unknown task {cfg.task.name!r}; valid: {', '.join(TASKS)}")
     run_dir = stage_dir(cfg, run_root)
     if stage_status(run_dir) == "done" and not force:
         print(f"[stage] {run_dir.name}: already done, skipped", flush=True)
         return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    env = environment()
-    atomic_write_json(run_dir / "env.json", env)
+    main = world_info_from_env().is_main
     job_id = os.environ.get("SLURM_JOB_ID")
-    mark(run_dir, RUNNING_MARKER, job_id=job_id, pid=os.getpid())
-    print(f"[stage] {run_dir.name}: running {cfg.task.name}", flush=True)
+    env = environment()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        atomic_write_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_json(run_dir / "env.json", env)
+        mark(run_dir, RUNNING_MARKER, job_id=job_id, pid=os.getpid())
+        print(f"[stage] {run_dir.name}: running {cfg.task.name}", flush=True)
     try:
         _prepare_data(cfg)
         out = TASKS[cfg.task.name](cfg, run_dir, run_root)
-        result = make_result(
-            stage_id=run_dir.name, grid=grid, task=cfg.task.name, model=cfg.model.name,
-            dataset=cfg.data.name, split=out.pop("split", None), scale=cfg.scale.name,
-            protocol=out.pop("protocol", None), metrics=out.pop("metrics", None),
-            efficiency=out.pop("efficiency", None), train=out.pop("train", None), env=env,
-            extra=out)
-        write_result(run_dir, result)
+        if main:
+            write_result(run_dir, make_result(
+                stage_id=run_dir.name, grid=grid, task=cfg.task.name, model=cfg.model.name,
+                dataset=cfg.data.name, split=out.pop("split", None), scale=cfg.scale.name,
+                protocol=out.pop("protocol", None), metrics=out.pop("metrics", None),
+                efficiency=out.pop("efficiency", None), train=out.pop("train", None), env=env,
+                extra=out))
     except Preempted:
         # Not a failure: the checkpoint is saved and the job will be requeued (or rerun).
-        mark(run_dir, RUNNING_MARKER, job_id=job_id, preempted=True)
+        if main:
+            mark(run_dir, RUNNING_MARKER, job_id=job_id, preempted=True)
         raise
     except BaseException as exc:
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        mark(run_dir, FAILED_MARKER, error=f"{type(exc).__name__}: {exc}",
-             log=str(run_dir / "error.txt"))
+        if main:
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            mark(run_dir, FAILED_MARKER, error=f"{type(exc).__name__}: {exc}",
+                 log=str(run_dir / "error.txt"))
         raise
-    mark(run_dir, DONE_MARKER)
+    if main:
+        mark(run_dir, DONE_MARKER)
     return run_dir
