@@ -80,6 +80,17 @@ def test_score_ignores_extra_text_padding(model):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_itm_pooling_option():
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(itm_pool="mean"), vocab_size=VOCAB).eval()
+    img = m.image_features(torch.randn(2, 3, 32, 32))
+    a = m.score_pairs(img, m.text_features(text_batch([3, 2], width=6)))
+    b = m.score_pairs(img, m.text_features(text_batch([3, 2], width=14)))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the mean ignores padding
+    with pytest.raises(ValueError, match="itm_pool"):
+        build_single_stream(tiny_cfg(itm_pool="max"), vocab_size=VOCAB)
+
+
 def test_logprob_score_is_a_log_probability():
     torch.manual_seed(0)
     m = build_single_stream(tiny_cfg(itm_score="logprob"), vocab_size=VOCAB).eval()
