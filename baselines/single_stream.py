@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import is_fake
 
 from baselines.single_stream_objectives import IGNORE_INDEX, mask_tokens, sample_negatives
 from harness.interfaces import Batch, TextTokens, TokenFeatures
@@ -70,6 +71,15 @@ def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
         raise ValueError(f"model.joint.name={cfg['name']}: need a ViT with a class token, "
                          "position embeddings covering it, and no register tokens")
     return vit
+
+
+def _used_text_length(mask: Tensor) -> int:
+    """Columns up to the last one any row uses; all of them for shape-only tensors (FLOP
+    counting on meta/fake tensors cannot read values, and counts the untrimmed cost)."""
+    if mask.is_meta or is_fake(mask):
+        return int(mask.shape[1])
+    used = mask.any(dim=0).nonzero()
+    return int(used.max()) + 1 if used.numel() else 1
 
 
 class PatchEmbedding(nn.Module):
@@ -215,8 +225,7 @@ class SingleStream(nn.Module):
                              f"features vs {len(text_features)} text features")
         # Cached texts are padded to the longest caption of the gallery; columns that no
         # pair in this batch uses cost attention and MLP time for nothing, so drop them.
-        used = text_features.mask.any(dim=0).nonzero()
-        length = int(used.max()) + 1 if used.numel() else 1
+        length = _used_text_length(text_features.mask)
         tokens = torch.cat([text_features.tokens[:, :length], image_features.tokens], dim=1)
         mask = torch.cat([text_features.mask[:, :length], image_features.mask], dim=1)
         return self.encode_tokens(tokens, mask), mask
