@@ -17,6 +17,7 @@ from harness.data.pretrain import ManifestPairs, load_manifest
 from harness.data.report import DataError, DataReport
 from harness.data.text import Tokenizer, resolve_tokenizer
 from harness.data.transforms import build_transform
+from harness.eval.features import feature_key
 from harness.eval.results import make_result, write_result
 from harness.eval.run_eval import evaluate_cross, evaluate_dual, is_cross_encoder
 from harness.launch.provenance import environment
@@ -155,6 +156,23 @@ def train_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]
             "data_report": report.summary()}
 
 
+def _differences(a: Any, b: Any, prefix: str = "model") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{prefix}.{k}")]
+    return [] if a == b else [f"{prefix}: {b!r} there, {a!r} here"]
+
+
+def _check_same_model(cfg: DictConfig, parent: Path) -> None:
+    """Refuse to evaluate a checkpoint with a model config other than the one it trained with
+    (a raw state_dict mismatch would be the only message otherwise)."""
+    trained = OmegaConf.load(parent / "resolved.yaml").model
+    diff = _differences(to_plain(cfg.model), to_plain(trained))
+    if diff:
+        raise ValueError(f"{parent.name} was trained with another model config; evaluate it "
+                         f"with the same model overrides ({'; '.join(diff[:5])})")
+
+
 def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     """Retrieval metrics of a trained stage's checkpoint on ``task.split``."""
     parent = _parent(cfg, run_root, required=True)
@@ -162,6 +180,7 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     report = DataReport(cfg.data.on_bad_sample)
     corpus = _corpus(cfg, cfg.task.split, report)
     report.write(run_dir / "data_report.json")
+    _check_same_model(cfg, parent)
     tokenizer = Tokenizer(parent / "tokenizer", int(cfg.data.max_text_len))
     model = _build_model(cfg, tokenizer)
     model.load_state_dict(load_checkpoint(parent / "checkpoints" / "latest.pt")["model"])
@@ -173,9 +192,15 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
                                                     task=to_plain(cfg.task), device=device,
                                                     num_workers=workers)
     else:
-        metrics, protocol, timings = evaluate_dual(model, corpus, transform, tokenizer,
-                                                   batch_size=int(cfg.task.batch_size),
-                                                   device=device, num_workers=workers)
+        checkpoint = parent / "checkpoints" / "latest.pt"
+        preprocessing = {"image_size": int(cfg.model.image_size), "mean": list(cfg.model.mean),
+                         "std": list(cfg.model.std), "max_text_len": int(cfg.data.max_text_len),
+                         "eval_crop_pct": to_plain(cfg.data.augment).get("eval_crop_pct", 1.0)}
+        metrics, protocol, timings = evaluate_dual(
+            model, corpus, transform, tokenizer, batch_size=int(cfg.task.batch_size),
+            device=device, num_workers=workers,
+            cache_dir=run_root / ".features" if cfg.task.get("cache_features", True) else None,
+            cache_key=feature_key(checkpoint, cfg.data.name, cfg.task.split, preprocessing))
     return {"split": cfg.task.split, "metrics": metrics,
             "protocol": {"dataset": cfg.data.name, "split": cfg.task.split,
                          "n_images": corpus.n_images, "n_texts": corpus.n_texts,

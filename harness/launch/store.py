@@ -31,6 +31,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "data.pretrain_shards", "data.vocab_cache", "data.num_workers", "data.check_images",
     "task.log_every", "task.num_workers", "task.device", "task.tensorboard", "task.progress",
     "task.pin_memory", "task.prefetch_factor", "task.ddp_find_unused", "task.ddp_static_graph",
+    "task.cache_features",
 )
 
 
