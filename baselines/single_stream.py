@@ -277,7 +277,10 @@ class SingleStream(nn.Module):
             batch["input_ids"], batch["attention_mask"], special_ids=self.special_ids.values(),
             mask_id=self.special_ids["mask"], vocab_size=self.vocab_size, prob=self.mlm_prob)
         text = self.text_features({"input_ids": masked, "attention_mask": batch["attention_mask"]})
-        hidden = self.joint(image, text)[0][:, : labels.shape[1]]
+        hidden = self.joint(image, text)[0]
+        # joint() may drop trailing padding columns; those hold no label, so trim to match.
+        length = hidden.shape[1] - image.tokens.shape[1]
+        hidden, labels = hidden[:, :length], labels[:, :length]
         chosen = labels != IGNORE_INDEX
         if not bool(chosen.any()):  # a batch of very short captions can draw no token at all
             return hidden.sum() * 0.0

@@ -133,6 +133,8 @@ def test_fusion_modes():
     with pytest.raises(ValueError, match="needs mode='topk'"):
         cross_encoder_retrieval(model, images, tokens, TXT2IMG, mode="full",
                                 fusion="itm+first_stage")
+    with pytest.raises(ValueError, match="only used by mode='topk'"):
+        cross_encoder_retrieval(model, images, tokens, TXT2IMG, mode="full", first_stage=first)
 
 
 def test_recall_reported_only_up_to_k_test():

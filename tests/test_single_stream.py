@@ -187,6 +187,15 @@ def test_hard_negatives_follow_the_weights_and_flag_rows_without_any():
     assert valid.tolist() == [True, True, False]
 
 
+def test_mlm_with_padding_beyond_the_longest_caption():
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(), vocab_size=VOCAB)
+    batch = train_batch(4)
+    wide = text_batch([3, 4, 5, 6], width=14)  # padded past the longest caption (8 tokens)
+    batch.update(wide)
+    assert torch.isfinite(m.mlm_loss(m.image_features(batch["images"]), batch))
+
+
 def test_itm_batch_drops_rows_without_a_negative():
     torch.manual_seed(0)
     m = build_single_stream(tiny_cfg(), vocab_size=VOCAB)

@@ -219,6 +219,8 @@ def cross_encoder_retrieval(
     """
     _check_args(mode, fusion, {"k_test": k_test, "batch_pairs": batch_pairs,
                                "feature_batch_size": feature_batch_size})
+    if mode == "full" and first_stage is not None:
+        raise ValueError("first_stage is only used by mode='topk'; full scoring ranks every pair")
     own = mode == "topk" and (first_stage is None or first_stage == "self")
     if own and not isinstance(model, DualEncoder):
         raise TypeError(f"{type(model).__name__} has no contrastive head (encode_image/"
