@@ -19,7 +19,7 @@ def test_smoke_grid_end_to_end(tmp_path, capsys):
         "scale.train.steps=150", "data.num_workers=0",
     ]
     assert main(args) == 0
-    runs = sorted((tmp_path / "runs").iterdir())
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
     assert [r.name.split("-")[0] for r in runs] == ["eval", "finetune"]
     eval_dir, train_dir = runs
     for run in runs:
@@ -34,6 +34,7 @@ def test_smoke_grid_end_to_end(tmp_path, capsys):
     assert metrics["t2i_R@1"] > 3 * chance["t2i_R@1"], metrics
     assert (train_dir / "checkpoints" / "latest.pt").is_file()
     assert (train_dir / "tokenizer" / "vocab.txt").is_file()
+    assert len(list((tmp_path / "runs" / ".features").glob("*.pt"))) == 1  # embeddings cached
     table = (tmp_path / "results" / "tables" / "smoke.md").read_text()
     assert f"{metrics['t2i_R@1']:.2f}" in table and eval_dir.name in table
 
