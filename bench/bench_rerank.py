@@ -32,7 +32,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 
 from baselines.single_stream import build_single_stream  # noqa: E402
-from harness.eval.pair_scoring import score_pair_list, sync  # noqa: E402
+from harness.eval.pair_scoring import default_batch_pairs, score_pair_list, sync  # noqa: E402
 from harness.eval.rerank import stable_topk  # noqa: E402
 from harness.interfaces import TokenFeatures  # noqa: E402
 
@@ -83,16 +83,21 @@ def batched_rerank(model, img: TokenFeatures, txt: TokenFeatures, cand_i2t: Tens
                           txt.select(txt_idx[s : s + batch_pairs]).to(device))
 
 
+def pair_ids(cand_i2t: Tensor, cand_t2i: Tensor, n_txt: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pair ids (image * n_txt + text) wanted by each direction, and their sorted union."""
+    pair_i2t = (torch.arange(len(cand_i2t))[:, None] * n_txt + cand_i2t).flatten()
+    pair_t2i = (cand_t2i * n_txt + torch.arange(n_txt)[:, None]).flatten()
+    return pair_i2t, pair_t2i, torch.unique(torch.cat([pair_i2t, pair_t2i]))
+
+
 def harness_rerank(model, img: TokenFeatures, txt: TokenFeatures, cand_i2t: Tensor,
                    cand_t2i: Tensor, device: torch.device, batch_pairs: int
                    ) -> tuple[Tensor, Tensor]:
     """(c) The scoring part of ``cross_encoder_retrieval(mode="topk")``."""
     n_txt = len(txt)
-    pair_i2t = (torch.arange(len(img))[:, None] * n_txt + cand_i2t).flatten()
-    pair_t2i = (cand_t2i * n_txt + torch.arange(n_txt)[:, None]).flatten()
-    union = torch.unique(torch.cat([pair_i2t, pair_t2i]))
+    pair_i2t, pair_t2i, union = pair_ids(cand_i2t, cand_t2i, n_txt)
     scores = score_pair_list(model, img, txt, union // n_txt, union % n_txt,
-                             batch_pairs=batch_pairs, device=device)
+                             batch_pairs=batch_pairs, device=device).cpu()
     return (scores[torch.searchsorted(union, pair_i2t)].view(cand_i2t.shape),
             scores[torch.searchsorted(union, pair_t2i)].view(cand_t2i.shape))
 
@@ -104,11 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=150)
     p.add_argument("--captions", type=int, default=2)
     p.add_argument("--k-test", type=int, default=128)
-    p.add_argument("--batch-pairs", type=int, default=1024)
+    p.add_argument("--batch-pairs", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.batch_pairs is None:
+        args.batch_pairs = default_batch_pairs(device)
     kwargs, image_size = SIZES[args.size]
     torch.manual_seed(0)
     model = build_single_stream({"image_size": image_size, "text_max_len": MAX_LEN,
@@ -144,14 +151,14 @@ def main(argv: list[str] | None = None) -> None:
                 sync(device)
                 times[name].append(time.perf_counter() - t0)
     a, c = outputs["(a) loop, 1 query/forward"], outputs["(c) rerank.py (dedup+length+batch)"]
-    diff = max(float((x - y).abs().max()) for x, y in zip(a, c))
+    diff = max(float((x.cpu() - y).abs().max()) for x, y in zip(a, c))
     threads = torch.get_num_threads()
     print(f"# {args.size} cross-encoder, {n_img} images x {n_txt} texts, k_test={args.k_test}, "
           f"{work:,} query-candidate pairs, device={device}, threads={threads}, "
           f"medians of {args.repeats}")
-    print(f"# unique pairs after merging directions: "
-          f"{int(torch.unique(torch.cat([cand_i2t.flatten() + torch.arange(n_img).repeat_interleave(cand_i2t.shape[1]) * n_txt, (cand_t2i * n_txt + torch.arange(n_txt)[:, None]).flatten()])).numel()):,}; "
-          f"max |score (a) - score (c)| = {diff:.2e}")
+    unique = pair_ids(cand_i2t, cand_t2i, n_txt)[2].numel()
+    print(f"# {unique:,} unique pairs once both directions are merged; batch_pairs="
+          f"{args.batch_pairs}; max |score (a) - score (c)| = {diff:.2e}")
     base = statistics.median(times["(a) loop, 1 query/forward"])
     print(f"{'re-ranker':40s} {'median s':>10s} {'pairs/s':>12s} {'vs loop':>8s}")
     for name, ts in times.items():

@@ -37,6 +37,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def default_batch_pairs(device: torch.device) -> int:
+    """Pairs per forward: 1024 on GPU (fills it); 128 on CPU, where bigger batches spill the
+    caches and one query's candidates already keep the GEMMs busy (bench/bench_rerank.py)."""
+    return 1024 if device.type == "cuda" else 128
+
+
 def format_seconds(seconds: float) -> str:
     """Human duration: ``"42 s"``, ``"17 min"``, ``"3.2 h"``, ``"5.1 days"``."""
     if seconds < 90:

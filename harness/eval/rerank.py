@@ -30,6 +30,7 @@ from harness.eval.pair_scoring import (
     PairBudgetError,
     check_pair_budget,
     count_images,
+    default_batch_pairs,
     encode_gallery,
     measure_pair_rate,
     score_pair_list,
@@ -130,6 +131,12 @@ def _first_stage_sims(first_stage: FirstStage, own: tuple[Tensor | None, Tensor 
 # ------------------------------------------------------------------------------- entry
 
 
+def _model_device(model: object) -> torch.device:
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _check_args(mode: str, fusion: str, ints: Mapping[str, object]) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -201,7 +208,7 @@ def cross_encoder_retrieval(
     first_stage_name: str | None = None,
     tokenize: Callable[[Sequence[str]], Mapping[str, Tensor]] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
-    batch_pairs: int = 512,
+    batch_pairs: int | None = None,
     feature_batch_size: int = 256,
     device: torch.device | str | None = None,
     cache_device: torch.device | str | None = None,
@@ -216,7 +223,10 @@ def cross_encoder_retrieval(
     captions with ``tokenize``. ``first_stage`` (topk only): ``None``/``"self"`` for the
     model's own contrastive head (it must be a DualEncoder too), ``sims [n_images, n_texts]``,
     or ``(image_emb, text_emb)`` of another model, computed with that model's preprocessing.
+    ``batch_pairs`` defaults to :func:`default_batch_pairs` of the device.
     """
+    dev = torch.device(device) if device is not None else _model_device(model)
+    batch_pairs = default_batch_pairs(dev) if batch_pairs is None else batch_pairs
     _check_args(mode, fusion, {"k_test": k_test, "batch_pairs": batch_pairs,
                                "feature_batch_size": feature_batch_size})
     if mode == "full" and first_stage is not None:
@@ -226,7 +236,6 @@ def cross_encoder_retrieval(
         raise TypeError(f"{type(model).__name__} has no contrastive head (encode_image/"
                         "encode_text), so it cannot be its own first stage: pass first_stage="
                         "similarities or embeddings of a dual encoder, or use mode='full'")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device  # type: ignore[attr-defined]
     cache = torch.device(cache_device) if cache_device is not None else dev
     tokens = text_tokens(texts, tokenize)
     n_txt = int(tokens["input_ids"].shape[0])
