@@ -1,4 +1,4 @@
-"""Tests for harness.eval.retrieval: hand cases, a sorting reference, folds and bad input."""
+"""harness.eval.retrieval and .ranking: hand cases, a sorting reference, folds, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from harness.eval import retrieval as R
+from harness.eval import ranking as R
 from harness.eval.retrieval import (
     coco_1k_metrics,
     metrics_from_ranks,

@@ -48,7 +48,7 @@ def self_excluded_metrics(emb: Tensor, groups: Tensor, prefix: str,
     # multi_positive_ranks needs query i to be gallery item i to exclude it, so every item is
     # a query; a skipped one borrows a group that has positives and its rank is dropped.
     query_groups = torch.where(kept, groups, groups[kept][0])
-    # chunk_size None: retrieval.py's default for the device.
+    # chunk_size None: ranking.py's default for the device.
     chunking = {} if chunk_size is None else {"chunk_size": chunk_size}
     ranks = multi_positive_ranks(emb, emb, query_groups, groups, exclude_self=True,
                                  device=device, **chunking)
