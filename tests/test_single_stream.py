@@ -227,3 +227,21 @@ def test_configs_compose_for_both_scales():
     m = build_single_stream(smoke, vocab_size=300)
     assert isinstance(m, SingleStream) and not isinstance(m, SingleStreamITC)
     assert m.image_features(torch.zeros(1, 3, 64, 64)).tokens.shape == (1, 17, 96)
+
+
+def test_flops_split_cached_features_from_the_first_stage_head():
+    from harness.eval.flops import count_flops, flops_summary
+
+    cfg = tiny_cfg(contrastive_head=True)
+    summary = flops_summary(lambda: build_single_stream(cfg, vocab_size=VOCAB), image_size=32,
+                            text_len=10)
+    m = build_single_stream(cfg, vocab_size=VOCAB).eval()
+    images, tokens = torch.zeros(1, 3, 32, 32), text_batch([8])
+    # image/text encode = what re-ranking caches; the dual head adds a unimodal pass on top.
+    assert summary["image_encode_flops"] == count_flops(lambda: m.image_features(images)).total
+    assert summary["first_stage_image_flops"] == count_flops(lambda: m.encode_image(images)).total
+    assert summary["first_stage_text_flops"] == count_flops(lambda: m.encode_text(tokens)).total
+    assert summary["first_stage_text_flops"] > summary["text_encode_flops"]
+    pure = flops_summary(lambda: build_single_stream(tiny_cfg(), vocab_size=VOCAB),
+                         image_size=32, text_len=10)
+    assert "first_stage_image_flops" not in pure and pure["pair_score_flops"] > 0

@@ -44,8 +44,15 @@ def _protocol_flops(flops: Mapping[str, Any], n_images: int, n_texts: int, embed
                     k_test: int) -> dict[str, int]:
     image, text = int(flops["image_encode_flops"]), int(flops["text_encode_flops"])
     if "pair_score_flops" in flops:
+        first_stage = 0
+        if "first_stage_image_flops" in flops:  # the model's own dual head ranks for top-k
+            first_stage = dual_protocol_flops(
+                n_images, n_texts, image_flops=int(flops["first_stage_image_flops"]),
+                text_flops=int(flops["first_stage_text_flops"]),
+                embed_dim=int(embed_dim or 0))["total_flops"]
         return cross_protocol_flops(n_images, n_texts, image_flops=image, text_flops=text,
-                                    pair_flops=int(flops["pair_score_flops"]), k=k_test)
+                                    pair_flops=int(flops["pair_score_flops"]), k=k_test,
+                                    first_stage_flops=first_stage)
     return dual_protocol_flops(n_images, n_texts, image_flops=image, text_flops=text,
                                embed_dim=int(embed_dim or 0))
 

@@ -224,15 +224,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else "(no message)"
 
 
+def _is_cross_encoder(model: nn.Module) -> bool:
+    return callable(getattr(model, "score_pairs", None))
+
+
 def _image_call(model: nn.Module) -> Callable[[Tensor], object]:
-    for name in ("encode_image", "image_features"):
+    # A cross-encoder's per-image cost is the cacheable unimodal part that score_pairs reuses;
+    # its encode_image, when it has one, is a separate first-stage head (first_stage_step).
+    names = ("image_features",) if _is_cross_encoder(model) else ("encode_image",
+                                                                   "image_features")
+    for name in names:
         if callable(getattr(model, name, None)):
             return getattr(model, name)
     return model  # a bare image tower
 
 
 def _text_call(model: nn.Module) -> Callable[[Mapping[str, Tensor]], object]:
-    for name in ("encode_text", "text_features"):
+    names = ("text_features",) if _is_cross_encoder(model) else ("encode_text", "text_features")
+    for name in names:
         if callable(getattr(model, name, None)):
             return getattr(model, name)
     return lambda tokens: model(**tokens)  # a bare Hugging Face style text tower
@@ -274,11 +283,23 @@ def text_step(text_len: int) -> Step:
 def pair_step(image_size: int | tuple[int, int], text_len: int) -> Step:
     """Step scoring one (image, text) pair from cached features; ``None`` if not a cross-encoder."""
     def step(model: nn.Module, device: torch.device) -> Callable[[], object] | None:
-        if not callable(getattr(model, "score_pairs", None)):
+        if not _is_cross_encoder(model):
             return None
         image = model.image_features(dummy_images(image_size, device))
         text = model.text_features(dummy_tokens(text_len, device))
         return lambda: model.score_pairs(image, text)
+    return step
+
+
+def first_stage_step(modality: str, image_size: int | tuple[int, int], text_len: int) -> Step:
+    """Step of a cross-encoder's own dual head on one item; ``None`` for other models."""
+    def step(model: nn.Module, device: torch.device) -> Callable[[], object] | None:
+        encode = getattr(model, f"encode_{modality}", None)
+        if not (_is_cross_encoder(model) and callable(encode)):
+            return None
+        item = (dummy_images(image_size, device) if modality == "image"
+                else dummy_tokens(text_len, device))
+        return lambda: encode(item)
     return step
 
 
@@ -317,11 +338,17 @@ def flops_summary(
     text_len: int,
     mode: Mode = "auto",
 ) -> dict[str, object]:
-    """JSON-ready FLOPs per image encode, text encode and (cross-encoders) pair score."""
+    """JSON-ready FLOPs per image encode, text encode and (cross-encoders) pair score.
+
+    For a cross-encoder, ``image_encode``/``text_encode`` count the cached unimodal features
+    and ``first_stage_image``/``first_stage_text`` its own contrastive head, when it has one.
+    """
     steps = {
         "image_encode": image_step(image_size),
         "text_encode": text_step(text_len),
         "pair_score": pair_step(image_size, text_len),
+        "first_stage_image": first_stage_step("image", image_size, text_len),
+        "first_stage_text": first_stage_step("text", image_size, text_len),
     }
     counts = count_model_flops(build, steps, mode=mode)
     summary: dict[str, object] = {f"{name}_flops": c.total for name, c in counts.items()}
