@@ -114,6 +114,25 @@ def test_no_weight_decay_on_norms_biases_and_temperature():
     assert no_decay["weight_decay"] == 0.0
 
 
+def test_no_weight_decay_on_tokens_positions_and_declared_names():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.pos_embed = nn.Parameter(torch.zeros(1, 3, 4))
+            self.table = nn.Parameter(torch.zeros(3, 4))
+            self.proj = nn.Linear(4, 4, bias=False)
+
+        def no_weight_decay(self) -> set[str]:
+            return {"table"}
+
+    model = nn.Sequential(Tokens())
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in decay["params"]] == ["0.proj.weight"]
+    assert {names[id(p)] for p in no_decay["params"]} == {"0.cls_token", "0.pos_embed", "0.table"}
+
+
 def test_warmup_cosine_shape():
     values = [warmup_cosine(s, 10, 100) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)

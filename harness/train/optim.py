@@ -11,15 +11,31 @@ from torch import nn
 # Temperatures are scalars that set the softmax's sharpness; decaying them towards zero
 # would silently heat the loss up over training.
 NO_DECAY_NAMES = ("logit_scale", "temperature")
+# Learned tokens and position tables are added to activations, not multiplied: decaying them
+# only pulls them towards zero (timm's ``no_weight_decay()`` convention, kept when a model
+# moves a ViT's tokens into a module of its own, as the single-stream patch embedding does).
+NO_DECAY_LEAVES = ("pos_embed", "cls_token", "dist_token", "reg_token")
+
+
+def _declared_no_decay(model: nn.Module) -> set[str]:
+    """Full names of parameters a submodule lists in its timm-style ``no_weight_decay()``."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay", None)
+        if callable(declared):
+            names.update(f"{prefix}.{leaf}" if prefix else leaf for leaf in declared())
+    return names
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: matrices decay; biases, norms, embeddings' scalars and temperatures do not."""
+    """Two groups: matrices decay; biases, norms, tokens, positions and temperatures do not."""
     decay, no_decay = [], []
+    declared = _declared_no_decay(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
+        if (param.ndim < 2 or name in declared or name.rsplit(".", 1)[-1] in NO_DECAY_LEAVES
+                or any(key in name for key in NO_DECAY_NAMES)):
             no_decay.append(param)
         else:
             decay.append(param)
