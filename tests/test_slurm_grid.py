@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 
 import pytest
 
@@ -11,11 +14,11 @@ from harness.run import main
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _args(tmp_path, *extra):
+def _args(tmp_path, *extra, steps=6, wait=True):
     return ["grid=smoke", "cluster=slurm_local", f"run_root={tmp_path / 'runs'}",
             f"results_dir={tmp_path / 'results'}", f"data.root={tmp_path / 'data'}",
-            "data.generate.n_images=60", "scale.train.steps=6", "task.log_every=2",
-            "data.num_workers=0", "cluster.wait=true", *extra]
+            "data.generate.n_images=60", f"scale.train.steps={steps}", "task.log_every=2",
+            "data.num_workers=0", f"cluster.wait={str(wait).lower()}", *extra]
 
 
 def _manifest(tmp_path):
@@ -80,3 +83,69 @@ def test_rejected_sbatch_option_is_reported_with_its_stage(slurm_cluster, tmp_pa
     out = capsys.readouterr().out
     assert "sbatch refused it" in out and "finetune-clip-synthetic-" in out
     assert "partition" in out.lower()
+
+
+def _poll(what, check, timeout_s=300.0, every_s=0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _scontrol_job(job_id):
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    return dict(re.findall(r"(\w+)=(\S+)", out.stdout))
+
+
+def _logged_steps(run_dir):
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_preempted_stage_requeues_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path,
+                                                                   capsys):
+    # Small batches and many steps: the job is still training when the signal arrives.
+    args = _args(tmp_path, "scale.train.batch_size=8", "task.ckpt_every=1000",
+                 steps=400, wait=False)
+    assert main(args) == 0
+    stages = _manifest(tmp_path)["stages"]
+    train = next(s for s in stages.values() if s["task"] == "finetune")
+    train_dir = next((tmp_path / "runs").glob("finetune-*"))
+    job_id = train["job_id"]
+
+    _poll("the first logged steps", lambda: len(_logged_steps(train_dir)) >= 3)
+    # What SLURM sends before a time limit or on preemption (submitit: --signal=USR2@delay).
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    _poll("the requeue", lambda: int(_scontrol_job(job_id).get("Restarts", 0)) >= 1)
+    stopped_at = max(_logged_steps(train_dir))
+    assert (train_dir / "checkpoints" / "latest.pt").is_file()
+    assert not (train_dir / "result.json").exists()
+    # SLURM holds a requeued job back (BeginTime) for about two minutes; release it now.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+    eval_dir = next((tmp_path / "runs").glob("eval-*"))
+
+    def finished() -> bool:
+        return any((d / name).is_file() for d, name in
+                   ((eval_dir, "result.json"), (eval_dir, "FAILED"), (train_dir, "FAILED")))
+
+    _poll("the resumed stage and its evaluation", finished, timeout_s=600)
+    assert not (train_dir / "FAILED").exists(), (train_dir / "FAILED").read_text()
+    assert (eval_dir / "result.json").is_file()
+
+    steps = _logged_steps(train_dir)
+    assert max(steps) == 400
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / ".slurm" / job_id).glob("*.out"))
+    resumed = re.search(r"resumed from \S+ at step (\d+)", logs)
+    assert resumed, logs[-3000:]
+    # It resumed from the step the signal stopped it at, not from the start.
+    assert 0 < int(resumed.group(1)) and int(resumed.group(1)) >= stopped_at
+    assert int(_scontrol_job(job_id).get("Restarts", 0)) == 1
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 submitted, 2 already done" in capsys.readouterr().out
