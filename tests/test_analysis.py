@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from harness.analysis.collect import collect, collect_plan, costs_long, write_collected
+from harness.analysis.collect import (
+    collect,
+    collect_plan,
+    costs_long,
+    eval_run_seconds,
+    write_collected,
+)
 from harness.analysis.cost_tables import cost_table, ratio_table, unimodal_table
 from harness.analysis.paper import load_paper_numbers
 from harness.analysis.plots import _timings, read_metrics_log, write_figures
@@ -361,6 +367,19 @@ def test_recall_vs_time_borrows_bench_time_of_same_gallery(collected: pd.DataFra
     assert found == [("bench custom_50x250 dual", pytest.approx(0.127), True)]
     other = row | {"protocol.n_images": 51}
     assert _timings(other, pd.DataFrame(), bench)[0][0] == "eval run"  # falls back
+
+
+def test_eval_run_seconds_of_dual_and_cross_encoders() -> None:
+    dual = {"eff.measured.encode_s": 1.5, "eff.measured.rank_s": 0.25}
+    assert eval_run_seconds(dual) == (1.5, 0.25, 1.75)
+    # A cross-encoder's eval times its features, pair scoring and ranking: total_s covers all.
+    cross = {"eff.measured.features_s": 0.5, "eff.measured.rank_s": 0.01,
+             "eff.measured.total_s": 80.0, "eff.measured.encode_s": float("nan")}
+    assert eval_run_seconds(cross) == (0.5, 0.01, 80.0)
+    assert _timings(cross | {"model": "single_stream"}, pd.DataFrame(),
+                    pd.DataFrame(columns=["model", "scale", "n_images", "n_texts"])) == [
+        ("eval run", 80.0, True)]
+    assert eval_run_seconds({}) == (None, None, None)
 
 
 def test_metrics_log_keeps_last_record_of_repeated_step(runs: Path) -> None:

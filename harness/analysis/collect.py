@@ -308,6 +308,26 @@ def costs_long(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["stage_id", "model", "protocol", "mode", *COST_FIELDS])
 
 
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def eval_run_seconds(row: Mapping[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """``(index_s, rank_s, total_s)`` an eval stage measured on its own split, ``None`` if not.
+
+    Dual encoders record their encode and rank seconds; cross-encoders their features,
+    pair scoring and ranking, with the sum as ``total_s``.
+    """
+    index = _number(row.get("eff.measured.encode_s"))
+    if index is None:
+        index = _number(row.get("eff.measured.features_s"))
+    rank = _number(row.get("eff.measured.rank_s"))
+    total = _number(row.get("eff.measured.total_s"))
+    if total is None and index is not None:
+        total = index + (rank or 0.0)
+    return index, rank, total
+
+
 def write_collected(df: pd.DataFrame, path: Path) -> Path:
     """Write the collected table as CSV (atomic); returns ``path``."""
     atomic_write_text(Path(path), df.to_csv(index=False))

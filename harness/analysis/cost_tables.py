@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from harness.analysis.collect import costs_long
+from harness.analysis.collect import costs_long, eval_run_seconds
 from harness.analysis.render import Section, Table
 from harness.analysis.tables import (
     COST_TASKS,
@@ -85,8 +85,7 @@ def cost_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) -
             fields = cost.drop(["stage_id", "model"]).rename({"status": "timing"}).to_dict()
             data.append({**_model_data(row), **fields})
         if mine.empty:  # no protocol timed: show what the eval itself measured, labelled so
-            enc, rank = row.get("eff.measured.encode_s"), row.get("eff.measured.rank_s")
-            total = None if missing(enc) else float(enc) + (0.0 if missing(rank) else float(rank))
+            enc, rank, total = eval_run_seconds(row)
             section.rows.append([*base, f"eval split ({gallery(row)})", "eval run*",
                                  sig(enc, 4), "", "", sig(total, 4),
                                  "measured (this split)" if total is not None else "not timed",
@@ -102,7 +101,8 @@ def cost_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) -
     notes = [FLOPS_NOTE, TIMING_NOTE,
              "An empty GFLOPs / pair means the model scores no pairs (a dual encoder).",
              "* eval run: no protocol was timed for this stage; its seconds are the eval's own "
-             "encode (including image loading and decoding) and rank on its split.",
+             "encode (including image loading and decoding; cross-encoders: unimodal features) "
+             "and, in the total, pair scoring and ranking on its split.",
              "A row without numbers shows its stage status; nothing is filled in."]
     return Table(stem=f"{name}_cost", title=f"{name}: retrieval cost per model",
                  columns=columns, sections=[section], notes=notes, data=pd.DataFrame(data),

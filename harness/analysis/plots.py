@@ -13,6 +13,7 @@ the figures.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ matplotlib.use("Agg")  # no display on clusters or CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.analysis.collect import costs_long  # noqa: E402
+from harness.analysis.collect import costs_long, eval_run_seconds  # noqa: E402
 from harness.analysis.tables import (  # noqa: E402
     COST_TASKS,
     PAPER_MODEL,
@@ -95,12 +96,26 @@ def _timings(row: Mapping[str, Any], own: pd.DataFrame, bench: pd.DataFrame
     if not same.empty:
         return [(f"bench {c['protocol']} {c['mode']}", float(c["total_s"]),
                  c["status"] == "measured") for _, c in same.iterrows()]
-    enc = row.get("eff.measured.encode_s")
-    if enc is None or pd.isna(enc):
-        return []
-    rank = row.get("eff.measured.rank_s")
-    return [("eval run", float(enc) + (0.0 if rank is None or pd.isna(rank) else float(rank)),
-             True)]
+    total = eval_run_seconds(row)[2]
+    return [] if total is None else [("eval run", total, True)]
+
+
+def _decade_log_axis(ax: Any, values: list[float]) -> None:
+    """Log x from the decade below the smallest value to the one above the largest.
+
+    Whole decades keep at least two labelled major ticks; matplotlib's default labels the
+    minor ticks of a range inside one decade, and they overlap.
+    """
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    positive = [v for v in values if v > 0]
+    ax.set_xscale("log")
+    if positive:
+        low = 10.0 ** math.floor(math.log10(min(positive)))
+        high = 10.0 ** math.ceil(math.log10(max(positive)))
+        ax.set_xlim(low, high if high > low else low * 10)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def recall_vs_time(df: pd.DataFrame, grid: str, out_dir: Path,
@@ -136,7 +151,7 @@ def recall_vs_time(df: pd.DataFrame, grid: str, out_dir: Path,
             ax.scatter(seconds, float(row[f"metric.{direction}_R@1"]), label=label, s=50,
                        marker="o" if measured else "D", linewidths=1.5,
                        facecolors=color if measured else "none", edgecolors=color)
-        ax.set_xscale("log")
+        _decade_log_axis(ax, [seconds for _, _, seconds, _ in points])
         ax.set_title(f"{direction} R@1")
         ax.set_xlabel("retrieval seconds (log scale)")
         ax.grid(True, alpha=0.3)
