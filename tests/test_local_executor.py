@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.data.synthetic import ensure_synthetic
+from harness.launch.executor import launchable, threads_per_worker
 from harness.run import main
 
 
@@ -37,3 +38,26 @@ def test_parallel_workers_and_debug_cluster_run_the_grid(tmp_path, capsys, clust
     assert main(_args(tmp_path, cluster)) == 0
     assert "2 ran, 0 already done, 0 failed" in capsys.readouterr().out
     assert len(list((tmp_path / "runs").glob("*/COMPLETE"))) == 2
+    if cluster == "cluster.workers=2":  # each worker process ran on its share of the CPUs
+        for env in (tmp_path / "runs").glob("*/env.json"):
+            threads = json.loads(env.read_text())["device"]["torch_threads"]
+            assert threads == threads_per_worker(2)
+
+
+def test_threads_per_worker_splits_the_cpus():
+    assert threads_per_worker(2, cpus=2) == 1
+    assert threads_per_worker(3, cpus=8) == 2
+    assert threads_per_worker(4, cpus=2) == 1
+    assert threads_per_worker(1, cpus=16) == 16
+
+
+def test_timed_stages_run_alone_and_others_together():
+    class Stage:
+        def __init__(self, task):
+            self.task = task
+
+    train, other, evaluation, bench = (Stage(t) for t in ("finetune", "pretrain", "eval", "bench"))
+    assert launchable([train, evaluation, other], []) == [train, other]
+    assert launchable([evaluation, bench], ["finetune"]) == []  # waits for the training
+    assert launchable([evaluation, bench], []) == [evaluation]  # one at a time
+    assert launchable([train], ["bench"]) == []  # nothing joins a timed stage

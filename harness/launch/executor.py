@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Sequence
 
 from harness.launch.grid import PlannedStage
 from harness.launch.store import FAILED_MARKER, read_marker
+
+# Stages whose result includes timings (latency, protocol seconds): with parallel workers they
+# run alone, so no other stage shares the CPUs or the GPU while they measure.
+TIMED_TASKS = frozenset({"bench", "eval"})
 
 
 @dataclass
@@ -42,12 +47,39 @@ def _run_in_job(overrides: Sequence[str], run_root: str, grid: str) -> str:
     return StageJob(overrides, run_root, grid)()
 
 
+def launchable(ready: Sequence[PlannedStage], running_tasks: Sequence[str]
+               ) -> list[PlannedStage]:
+    """The ready stages to start now: untimed ones together, a timed one only alone."""
+    if any(task in TIMED_TASKS for task in running_tasks):
+        return []
+    untimed = [s for s in ready if s.task not in TIMED_TASKS]
+    if untimed or running_tasks:
+        return untimed  # timed stages wait until everything else has finished
+    return [s for s in ready if s.task in TIMED_TASKS][:1]
+
+
+def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+    """Intra-op threads for each of ``workers`` stage processes sharing this machine's CPUs."""
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    return max(1, cpus // max(1, workers))
+
+
+def _limit_threads(threads: int) -> None:
+    """Worker initializer: before torch loads, so its OpenMP pool takes the smaller size."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
               in_job: bool = False, workers: int = 1) -> GridReport:
     """Run every stage on this machine in dependency order; failures block dependents only.
 
-    ``workers > 1`` runs independent stages at once, each in its own process; ``in_job`` runs
-    each stage through the job object a SLURM job would run (cluster=debug).
+    ``workers > 1`` runs independent stages at once, each in its own process with its share
+    of the CPUs as torch threads; ``in_job`` runs each stage through the job object a SLURM
+    job would run (cluster=debug).
     """
     report = GridReport()
     broken: set[Path] = set()
@@ -103,10 +135,13 @@ def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
         return report
 
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    # Each process would otherwise start one thread per core: N workers x N threads on N
+    # cores spin against each other and run several times slower than one stage alone.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_limit_threads,
+                             initargs=(threads_per_worker(workers),)) as pool:
         running: dict[Future, PlannedStage] = {}
         while pending or running:
-            for stage in ready():
+            for stage in launchable(ready(), [s.task for s in running.values()]):
                 pending.remove(stage)
                 running[pool.submit(_run_in_job, stage.overrides, str(run_root), grid)] = stage
             if not running:
