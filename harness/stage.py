@@ -220,7 +220,7 @@ def bench_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]
 
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     factory = MODELS.get(cfg.model.name)
-    model_cfg, vocab = to_plain(cfg.model), int(cfg.data.vocab_size)
+    model_cfg, vocab = to_plain(cfg.model), int(cfg.task.vocab_size)
     block = model_costs(lambda: factory(model_cfg, vocab_size=vocab),
                         image_size=int(cfg.model.image_size), text_len=int(cfg.task.text_len),
                         vocab_size=vocab, protocols=list(cfg.task.protocols), device=device,
