@@ -35,7 +35,8 @@ def test_failed_stage_blocks_its_dependent_and_keeps_going(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("cluster", ["cluster.workers=2", "cluster=debug"])
 def test_parallel_workers_and_debug_cluster_run_the_grid(tmp_path, capsys, cluster):
-    assert main(_args(tmp_path, cluster)) == 0
+    # Loader workers inside a spawned stage process get the collate function pickled.
+    assert main(_args(tmp_path, cluster, "data.num_workers=2")) == 0
     assert "2 ran, 0 already done, 0 failed" in capsys.readouterr().out
     assert len(list((tmp_path / "runs").glob("*/COMPLETE"))) == 2
     if cluster == "cluster.workers=2":  # each worker process ran on its share of the CPUs

@@ -65,20 +65,29 @@ class ImageFiles(Dataset[Tensor]):
         return self.transform(load_rgb(self.paths[index]))
 
 
-def make_collate(tokenize: Callable[[Sequence[str]], dict[str, Tensor]]
-                 ) -> Callable[[list[Item]], dict[str, Tensor]]:
-    """Collate items into a model batch, tokenising captions once per batch (in the worker)."""
+class Collate:
+    """Items into a model batch, tokenising captions once per batch (in the loader worker).
 
-    def collate(items: list[Item]) -> dict[str, Tensor]:
+    A class, not a closure: loader workers started with ``spawn`` (macOS, or a stage run in a
+    spawned process such as ``cluster.workers=2``) receive the collate function pickled.
+    """
+
+    def __init__(self, tokenize: Callable[[Sequence[str]], dict[str, Tensor]]) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[Item]) -> dict[str, Tensor]:
         batch = {"images": torch.stack([it["image"] for it in items]),
                  "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long)}
-        batch.update(tokenize([it["caption"] for it in items]))
+        batch.update(self.tokenize([it["caption"] for it in items]))
         if "image2" in items[0]:
             batch["images2"] = torch.stack([it["image2"] for it in items])
         if "caption2" in items[0]:
-            second = tokenize([it["caption2"] for it in items])
+            second = self.tokenize([it["caption2"] for it in items])
             batch["input_ids2"] = second["input_ids"]
             batch["attention_mask2"] = second["attention_mask"]
         return batch
 
-    return collate
+
+def make_collate(tokenize: Callable[[Sequence[str]], dict[str, Tensor]]) -> Collate:
+    """Collate items into a model batch, tokenising captions once per batch (in the worker)."""
+    return Collate(tokenize)
