@@ -76,3 +76,8 @@ class CrossEncoder(Protocol):
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         """Named, already-weighted training loss terms; the loop sums and logs them."""
         ...
+
+
+def is_cross_encoder(model: object) -> bool:
+    """Scores pairs (a :class:`CrossEncoder`), as opposed to embedding each item."""
+    return isinstance(model, CrossEncoder) and callable(getattr(model, "score_pairs", None))

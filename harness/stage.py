@@ -19,7 +19,8 @@ from harness.data.text import Tokenizer, resolve_tokenizer
 from harness.data.transforms import build_transform
 from harness.eval.features import feature_key
 from harness.eval.results import make_result, write_result
-from harness.eval.run_eval import evaluate_cross, evaluate_dual, is_cross_encoder
+from harness.eval.run_eval import evaluate_cross, evaluate_dual
+from harness.interfaces import is_cross_encoder
 from harness.launch.provenance import environment
 from harness.launch.store import (
     DONE_MARKER,

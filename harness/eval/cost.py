@@ -21,7 +21,7 @@ from harness.eval.efficiency import (
     resolve_protocol,
 )
 from harness.eval.flops import flops_summary, param_counts
-from harness.interfaces import CrossEncoder
+from harness.interfaces import is_cross_encoder
 
 
 def dummy_batch(n_images: int, n_texts: int, image_size: int, text_len: int, vocab_size: int,
@@ -77,7 +77,7 @@ def model_costs(build: Callable[[], nn.Module], *, image_size: int, text_len: in
             first = dual_encoder_costs(model, images, tokens, protocol=name, device=device,
                                        budget_s=budget_s, precision=precision)
             embed_dim = first["embed_dim"]
-        if isinstance(model, CrossEncoder) and hasattr(model, "score_pairs"):
+        if is_cross_encoder(model):
             cost = cross_encoder_costs(model, images, tokens, protocol=name, device=device,
                                        budget_s=budget_s, pair_batch_size=pair_batch, k=k_test,
                                        first_stage=first, precision=precision)

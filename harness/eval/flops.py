@@ -25,6 +25,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from harness.interfaces import is_cross_encoder
+
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of matrix products, convolutions and attention, as counted "
     "by torch.utils.flop_counter.FlopCounterMode; elementwise ops are not counted"
@@ -224,14 +226,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else "(no message)"
 
 
-def _is_cross_encoder(model: nn.Module) -> bool:
-    return callable(getattr(model, "score_pairs", None))
-
-
 def _image_call(model: nn.Module) -> Callable[[Tensor], object]:
     # A cross-encoder's per-image cost is the cacheable unimodal part that score_pairs reuses;
     # its encode_image, when it has one, is a separate first-stage head (first_stage_step).
-    names = ("image_features",) if _is_cross_encoder(model) else ("encode_image",
+    names = ("image_features",) if is_cross_encoder(model) else ("encode_image",
                                                                    "image_features")
     for name in names:
         if callable(getattr(model, name, None)):
@@ -240,7 +238,7 @@ def _image_call(model: nn.Module) -> Callable[[Tensor], object]:
 
 
 def _text_call(model: nn.Module) -> Callable[[Mapping[str, Tensor]], object]:
-    names = ("text_features",) if _is_cross_encoder(model) else ("encode_text", "text_features")
+    names = ("text_features",) if is_cross_encoder(model) else ("encode_text", "text_features")
     for name in names:
         if callable(getattr(model, name, None)):
             return getattr(model, name)
@@ -283,7 +281,7 @@ def text_step(text_len: int) -> Step:
 def pair_step(image_size: int | tuple[int, int], text_len: int) -> Step:
     """Step scoring one (image, text) pair from cached features; ``None`` if not a cross-encoder."""
     def step(model: nn.Module, device: torch.device) -> Callable[[], object] | None:
-        if not _is_cross_encoder(model):
+        if not is_cross_encoder(model):
             return None
         image = model.image_features(dummy_images(image_size, device))
         text = model.text_features(dummy_tokens(text_len, device))
@@ -295,7 +293,7 @@ def first_stage_step(modality: str, image_size: int | tuple[int, int], text_len:
     """Step of a cross-encoder's own dual head on one item; ``None`` for other models."""
     def step(model: nn.Module, device: torch.device) -> Callable[[], object] | None:
         encode = getattr(model, f"encode_{modality}", None)
-        if not (_is_cross_encoder(model) and callable(encode)):
+        if not (is_cross_encoder(model) and callable(encode)):
             return None
         item = (dummy_images(image_size, device) if modality == "image"
                 else dummy_tokens(text_len, device))

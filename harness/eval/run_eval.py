@@ -17,14 +17,8 @@ from harness.data.transforms import ImageTransform
 from harness.eval.features import cached_embeddings, encode_images, encode_texts
 from harness.eval.retrieval import retrieval_metrics_from_embeddings
 from harness.eval.unimodal import unimodal_metrics
-from harness.interfaces import CrossEncoder
 
 Tokenize = Callable[[Sequence[str]], dict[str, Tensor]]
-
-
-def is_cross_encoder(model: nn.Module) -> bool:
-    """Scores pairs (a CrossEncoder), as opposed to embedding each item."""
-    return isinstance(model, CrossEncoder) and callable(getattr(model, "score_pairs", None))
 
 
 def evaluate_dual(model: nn.Module, corpus: CaptionCorpus, transform: ImageTransform,
