@@ -18,7 +18,7 @@ from harness.analysis.paper import (
     weakest_status,
 )
 
-# COOKIE row of COTS Table 1 as recalled in notes/paper.md section 6.2.
+# COOKIE row of COTS Table 1 as recalled in docs/paper-sources.md section 6.2.
 COOKIE_RECALLED = {
     ("flickr30k", "finetuned_1k"): {"i2t": (89.0, 98.9, 99.7), "t2i": (75.6, 94.6, 97.2)},
     ("coco", "finetuned_5k"): {"i2t": (71.6, 90.9, 95.4), "t2i": (54.5, 81.0, 88.2)},

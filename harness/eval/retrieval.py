@@ -1,4 +1,5 @@
-"""Recall@K, median and mean rank for image-text retrieval: the metric contract of DESIGN.md.
+"""Recall@K, median and mean rank for image-text retrieval: the harness's metric contract
+(docs/contracts.md).
 
 The ranks come from :mod:`harness.eval.ranking` (counting, chunked, exact ties by gallery
 index); this module turns them into the contract's keys, R@K in percent, and adds COCO's
