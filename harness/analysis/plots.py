@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +34,7 @@ from harness.analysis.tables import (  # noqa: E402
     paper_index,
     paper_protocol,
 )
+from harness.atomic import atomic_write  # noqa: E402
 from harness.launch.grid import TRAINING_TASKS  # noqa: E402
 from harness.launch.store import atomic_write_text  # noqa: E402
 
@@ -49,13 +48,8 @@ def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{stem}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        # The shared helper: readable by others (umask), fsynced, a clear full-disk error.
+        atomic_write(path, lambda handle, ext=ext: fig.savefig(handle, format=ext, dpi=150))
         paths.append(path)
     plt.close(fig)
     return paths

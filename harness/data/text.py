@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from torch import Tensor
 
+from harness.atomic import create_temp_dir
 from harness.data.report import DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -74,7 +74,7 @@ def build_vocab(captions: Sequence[str], cache_root: Path, vocab_size: int = 800
     tok.train_from_iterator(list(captions), vocab_size=vocab_size, min_frequency=1,
                             special_tokens=SPECIAL_TOKENS, show_progress=False)
     cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_root, prefix=".vocab-"))
+    tmp = create_temp_dir(cache_root, ".vocab-")  # not mkdtemp's 0700: the cache is shared
     tok.save_model(str(tmp))
     try:
         os.replace(tmp, target)  # atomic: concurrent builders agree on the same content

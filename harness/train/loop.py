@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from harness.train.checkpoint import (
     atomic_save,
+    checkpoint_note,
     load_checkpoint,
     remove_stale_temps,
     rng_state,
@@ -237,6 +238,9 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
                                     f"{ckpt_path}; rerun to resume")
                 if step % ckpt_every == 0 and step < total:
                     save(complete=False)
+        except NonFiniteLossError as exc:
+            # The step cannot know the run directory: say here what a rerun would start from.
+            raise NonFiniteLossError(f"{exc}; {checkpoint_note(ckpt_path)}") from exc
         finally:
             log.close()
             del batches  # shut worker processes down before the final save

@@ -19,6 +19,7 @@ class MetricsLog:
     def __init__(self, path: Path, *, tensorboard_dir: Path | None = None, total: int = 0,
                  start: int = 0, progress: str | bool = "auto", enabled: bool = True) -> None:
         self.enabled = enabled
+        self.path = path
         self._handle = None
         self._writer: Any = None
         self._bar: Any = None
@@ -43,10 +44,14 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record and flush, so a killed job keeps its curve."""
-        if not self.enabled or self._handle is None:
+        if not self.enabled:
             return
-        self._handle.write(json.dumps(record, sort_keys=True) + "\n")
-        self._handle.flush()
+        if self._handle is not None:
+            try:
+                self._handle.write(json.dumps(record, sort_keys=True) + "\n")
+                self._handle.flush()
+            except OSError as exc:
+                self._stop_file(exc, record.get("step"))
         step = int(record.get("step", 0))
         if self._writer is not None:
             for key, value in record.items():
@@ -60,11 +65,29 @@ class MetricsLog:
                          for k, v in record.items())
         print(f"[train] {shown}", flush=True)
 
+    def _stop_file(self, exc: OSError, step: Any) -> None:
+        # A full disk (or a flaky network filesystem) must not end training here: the next
+        # checkpoint save is where the run either keeps its progress or fails, naming the path.
+        print(f"[train] WARNING: cannot write {self.path} at step {step} ({exc}); metrics are "
+              f"not written to it any more, training goes on", file=sys.stderr, flush=True)
+        handle, self._handle = self._handle, None
+        try:
+            handle.close()
+        except OSError:
+            pass  # the same error again, from the buffered line
+
     def close(self) -> None:
         """Close the file, the TensorBoard writer and the bar."""
         if self._handle is not None:
-            self._handle.close()
+            try:
+                self._handle.close()
+            except OSError as exc:
+                self._stop_file(exc, "close")
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as exc:
+                print(f"[train] WARNING: TensorBoard events not fully written ({exc})",
+                      file=sys.stderr, flush=True)
         if self._bar is not None:
             self._bar.close()

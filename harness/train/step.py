@@ -213,7 +213,7 @@ class Stepper:
             if bad:
                 raise NonFiniteLossError(
                     f"step {step}: loss term {name!r} is {float(losses[name])} (non-finite on at "
-                    f"least one rank); training stopped, the last good checkpoint is kept")
+                    f"least one rank); training stopped before this step's update")
         scaler = self.precision.scaler
         if scaler is not None:
             scaler.unscale_(self.optimizer)
