@@ -75,6 +75,20 @@ def test_checkout_snapshot_is_recognised_as_a_checkout(tmp_path: Path) -> None:
     assert job.stdout.strip() == str(snap / "configs"), job.stderr
 
 
+def test_snapshot_of_an_unpacked_release_without_git_finds_its_configs(tmp_path: Path) -> None:
+    from harness.launch.snapshot import CODE_DIRS, snapshot_code
+
+    release = tmp_path / "release"  # a source tree without .git, e.g. an unpacked sdist
+    for name in CODE_DIRS:
+        shutil.copytree(REPO / name, release / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "_data"))
+    shutil.copy2(REPO / "pyproject.toml", release / "pyproject.toml")
+    snap = snapshot_code(tmp_path / "snap", root=release)
+    job = _run([sys.executable, "-c", "import harness.config as c; print(c.CONFIG_DIR)"],
+               cwd=tmp_path, PYTHONPATH=str(snap), PYTHONSAFEPATH="1")
+    assert job.stdout.strip() == str(snap / "configs"), job.stderr
+
+
 @pytest.mark.slow
 def test_wheel_installed_in_a_fresh_venv_works_outside_the_checkout(tmp_path: Path) -> None:
     # Build as a new user would (pip wheel --no-deps .), offline: no build isolation.
