@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,10 +70,16 @@ def test_checkout_snapshot_is_recognised_as_a_checkout(tmp_path: Path) -> None:
     from harness.launch.snapshot import snapshot_code
 
     snap = snapshot_code(tmp_path / "snap", root=REPO)
-    code = "import harness.config as c; print(c.CONFIG_DIR)"
+    code = ("import json, harness.config as c; from harness.launch.provenance import git_state; "
+            "print(c.CONFIG_DIR); print(json.dumps(git_state()))")
     job = _run([sys.executable, "-c", code], cwd=tmp_path, PYTHONPATH=str(snap),
                PYTHONSAFEPATH="1")
-    assert job.stdout.strip() == str(snap / "configs"), job.stderr
+    config_dir, git = job.stdout.splitlines()
+    assert config_dir == str(snap / "configs"), job.stderr
+    # The job reports the commit the snapshot was taken from, though it runs outside git.
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert json.loads(git)["sha"] == head
 
 
 def test_snapshot_of_an_unpacked_release_without_git_finds_its_configs(tmp_path: Path) -> None:

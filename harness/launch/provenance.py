@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib import metadata
@@ -17,31 +18,38 @@ PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "hydra
             "omegaconf", "submitit", "numpy", "pillow", "webdataset")
 
 
-def _git(*args: str) -> str | None:
-    if REPO_ROOT is None:
-        return None
+SNAPSHOT_GIT = ".snapshot-git.json"  # the git state a submission snapshot was taken from
+
+
+def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
 
 
-def _own_repository() -> bool:
+def repo_git_state(root: Path) -> dict[str, Any]:
+    """SHA and dirty flag of the git work tree whose top level is ``root`` (else None, None)."""
     # A checkout copied into some other repository (or a venv inside a user's project) must not
     # report that repository's commit as the harness's.
-    top = _git("rev-parse", "--show-toplevel")
-    return top is not None and REPO_ROOT is not None and Path(top).resolve() == REPO_ROOT
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != root.resolve():
+        return {"sha": None, "dirty": None}
+    sha = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
 def git_state() -> dict[str, Any]:
     """Commit SHA and whether the work tree differs from it (None outside a git checkout)."""
-    if not _own_repository():
+    if REPO_ROOT is None:
         return {"sha": None, "dirty": None}
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+    recorded = REPO_ROOT / SNAPSHOT_GIT
+    if recorded.is_file():  # a job importing a snapshot: the checkout's state at submission
+        return {**json.loads(recorded.read_text()), "snapshot": True}
+    return repo_git_state(REPO_ROOT)
 
 
 def install_state() -> dict[str, Any]:

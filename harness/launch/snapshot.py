@@ -7,11 +7,12 @@ package it is the installed packages themselves, whose ``harness/_data`` carries
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
-from harness.launch.provenance import REPO_ROOT
+from harness.launch.provenance import REPO_ROOT, SNAPSHOT_GIT, repo_git_state
 
 # Without git (an unpacked release), these folders are what a job imports or reads.
 CODE_DIRS = ("harness", "cookie", "baselines", "configs")
@@ -67,6 +68,8 @@ def snapshot_code(dest: Path, root: Path | None = REPO_ROOT) -> Path:
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
+    git = repo_git_state(root) if root is not None else {"sha": None, "dirty": None}
+    (tmp / SNAPSHOT_GIT).write_text(json.dumps(git) + "\n")
     (tmp / ".snapshot-complete").write_text(f"{root or 'installed packages'}\n")
     tmp.rename(dest)
     return dest
