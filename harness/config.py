@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from harness.registry import MODELS, UnknownNameError
+from harness.resources import ResourceNotFoundError, locate
 
-CONFIG_DIR = Path(os.environ.get("HARNESS_CONFIG_DIR",
-                                 Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_ENV = "HARNESS_CONFIG_DIR"
+
+
+def find_config_dir() -> Path:
+    """``$HARNESS_CONFIG_DIR``, the checkout's ``configs/`` or the installed package's copy."""
+    return locate("config tree", "configs", "configs", env_var=CONFIG_ENV)
+
+
+try:
+    CONFIG_DIR: Path | None = find_config_dir()
+    _CONFIG_DIR_ERROR: ResourceNotFoundError | None = None
+except ResourceNotFoundError as exc:
+    # Importing must not fail (tools that never compose still work); composing says why.
+    CONFIG_DIR, _CONFIG_DIR_ERROR = None, exc
 GROUPS = ("model", "data", "task", "scale", "cluster", "grid")
+
+
+def config_dir() -> Path:
+    """The config tree in use; raises ResourceNotFoundError naming where it looked."""
+    if CONFIG_DIR is None:
+        raise _CONFIG_DIR_ERROR or ResourceNotFoundError("config tree not found")
+    return CONFIG_DIR
 
 
 def group_choices(group: str) -> list[str]:
     """Config names available in a group folder."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
 def _check_group_choices(overrides: Sequence[str]) -> None:
     # Hydra's own message for a missing option is buried in a search-path dump; say it plainly.
+    config_dir()  # a missing tree fails here, before Hydra's own "primary config" message
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.lstrip("+~")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.resources import locate
+
 COLUMNS: tuple[str, ...] = (
     "table", "model", "dataset", "split", "protocol", "direction", "k", "value",
     "pretrain_pairs", "source", "status",
@@ -31,8 +33,8 @@ RSUM_GROUP: tuple[str, ...] = ("table", "model", "dataset", "split", "protocol")
 
 
 def default_paper_dir() -> Path:
-    """Return the repository's results/paper directory, located relative to this package."""
-    return Path(__file__).resolve().parents[2] / "results" / "paper"
+    """The checkout's results/paper, else the installed package's copy; raises naming both."""
+    return locate("published numbers", "results/paper", "paper")
 
 
 def _where(path: Path, row: int) -> str:
