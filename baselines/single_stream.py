@@ -7,8 +7,10 @@ joint transformer, whose blocks are a timm ViT's: ``joint.pretrained_path`` poin
 state dict (e.g. ViT-B/32 at 384) reproduces ViLT's initialisation. An ITM head on the pooled
 first token scores a pair; an MLM head predicts masked words from the joint sequence.
 ``text_tower.pretrained_path`` pointing at a BERT folder gives the tokenizer and initialises
-the word and position embeddings from BERT's (UNITER / VisualBERT start from BERT); the joint
-blocks stay the ViT's (see docs/training.md for why BERT's layers are not loaded into them).
+the word and position embeddings from BERT's. ``joint.kind=bert`` makes the joint transformer
+that BERT's own (post-LN) layers, as UNITER and VisualBERT start from BERT; with the default
+ViT blocks (pre-LN) BERT's layers are not loaded, because they would compute another function
+there (docs/training.md).
 
 Two settings, deliberately separate classes so that ``isinstance(model, DualEncoder)`` tells
 the truth:
@@ -37,11 +39,9 @@ from harness.interfaces import Batch, TextTokens, TokenFeatures
 from harness.models.contrastive import symmetric_info_nce
 from harness.models.towers import (
     ImageTower,
+    TextTower,
     WeightsMismatchError,
     _existing,
-    bert_folder_config,
-    check_vocab_size,
-    load_bert,
     load_timm_weights,
 )
 
@@ -52,6 +52,8 @@ DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 SPECIAL_KEYS = tuple(DEFAULT_SPECIAL_IDS)
 MAX_LOGIT_SCALE = math.log(100.0)  # same clamp as CLIP's learnable temperature
 TEXT, IMAGE = 0, 1  # modality-type embedding rows
+# vit: timm ViT blocks (ViLT); bert: the layers of the text_tower BERT (UNITER / VisualBERT).
+JOINT_KINDS = ("vit", "bert")
 
 
 def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
@@ -189,20 +191,38 @@ class SingleStream(nn.Module):
             raise ValueError("model.special_ids is no longer read: the special-token ids come "
                              "from the tokenizer (model.text_tower.pretrained_path or the "
                              "harness's vocabulary); remove it from the config")
-        vit = _load_vit(cfg["joint"])
-        self.width = width = int(vit.embed_dim)
-        self.blocks, self.norm = vit.blocks, vit.norm
+        self.joint_kind = str(cfg["joint"].get("kind", "vit"))
+        if self.joint_kind not in JOINT_KINDS:
+            raise ValueError(f"model.joint.kind must be one of {JOINT_KINDS}, "
+                             f"got {self.joint_kind!r}")
+        text_cfg = dict(cfg.get("text_tower") or {})
+        # A BERT encoder when its weights are given (embeddings, UNITER layers) or when the
+        # joint transformer is BERT-shaped; TextTower applies the folder checks and sizes.
+        bert = (TextTower(text_cfg, vocab_size).bert
+                if text_cfg.get("pretrained_path") or self.joint_kind == "bert" else None)
         backbone = cfg.get("image_backbone")
-        self.image_embed = (GridEmbedding(backbone, width, int(cfg["image_size"])) if backbone
-                            else PatchEmbedding(vit))
+        if bert is not None and self.joint_kind == "bert":
+            if not backbone:
+                raise ValueError("model.joint.kind=bert needs model.image_backbone (image "
+                                 "tokens from a timm backbone's grid): a BERT has no patch "
+                                 "projection")
+            self.width = width = int(bert.config.hidden_size)
+            # BERT's layers are post-LN: each one ends normalised, so no final norm.
+            self.blocks, self.norm = bert.encoder.layer, nn.Identity()
+            self.image_embed: nn.Module = GridEmbedding(backbone, width, int(cfg["image_size"]))
+        else:
+            vit = _load_vit(cfg["joint"])
+            self.width = width = int(vit.embed_dim)
+            self.blocks, self.norm = vit.blocks, vit.norm
+            self.image_embed = (GridEmbedding(backbone, width, int(cfg["image_size"]))
+                                if backbone else PatchEmbedding(vit))
         self.text_embed = TextEmbedding(vocab_size, width, int(cfg.get("text_max_len", 40)))
-        bert_dir = _existing((cfg.get("text_tower") or {}).get("pretrained_path"),
-                             "model.text_tower.pretrained_path")
-        if bert_dir is not None:
-            check_vocab_size(bert_folder_config(bert_dir), vocab_size, bert_dir)
-            self.text_embed.load_bert(load_bert(bert_dir), bert_dir)
         self.type_embed = nn.Embedding(2, width)
         nn.init.normal_(self.type_embed.weight, std=0.02)
+        if bert is not None:
+            self.text_embed.load_bert(bert, Path(text_cfg.get("pretrained_path") or "."))
+            with torch.no_grad():  # BERT's type-0 row is folded into the positions already
+                self.type_embed.weight[TEXT].zero_()
         self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
         self.itm_head = nn.Linear(width, 2)
         self.mlm_head = MLMHead(self.text_embed.word)
@@ -248,6 +268,13 @@ class SingleStream(nn.Module):
     def encode_tokens(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """Run the transformer over ``tokens [P, T, D]``, attending only where ``mask``."""
         attn_mask = mask[:, None, None, :]  # broadcast over heads and queries
+        if self.joint_kind == "bert":  # transformers' layers take an additive mask
+            additive = torch.zeros(attn_mask.shape, dtype=tokens.dtype, device=tokens.device)
+            additive = additive.masked_fill(~attn_mask, torch.finfo(tokens.dtype).min)
+            for layer in self.blocks:
+                out = layer(tokens, attention_mask=additive)
+                tokens = out[0] if isinstance(out, tuple) else out
+            return tokens
         for block in self.blocks:
             tokens = block(tokens, attn_mask=attn_mask)
         return self.norm(tokens)

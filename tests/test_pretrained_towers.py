@@ -47,6 +47,10 @@ def _save_bert(folder: Path, seed: int = 0, words: list[str] = WORDS) -> torch.n
 
     torch.manual_seed(seed)
     model = BertForPreTraining(BertConfig(vocab_size=len(words), **SIZES)).eval()
+    with torch.no_grad():  # trained LayerNorms are not the identity; a copy error must show
+        for name, param in model.named_parameters():
+            if "LayerNorm" in name:
+                param.add_(0.3 * torch.randn_like(param))
     model.save_pretrained(str(folder))
     _tokenizer_files(folder, words)
     return model.bert
@@ -352,3 +356,35 @@ def test_smoke_grid_with_a_local_bert_folder(bert, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "model.text_tower.hidden_size=128 but" in out
     assert not list((tmp_path / "runs2").glob("finetune-*/checkpoints/latest.pt"))
+
+
+def test_uniter_style_joint_is_berts_own_encoder(bert):
+    from baselines.single_stream import build_single_stream
+
+    folder, reference = bert
+    cfg = _single_stream_cfg(folder)
+    cfg["joint"]["kind"] = "bert"
+    cfg["image_backbone"] = {"name": "test_resnet", "kwargs": {"output_stride": 16}}
+    model = build_single_stream(cfg, vocab_size=len(WORDS)).eval()
+    tokens = _tokens([[6, 1, 2, 3, 7], [6, 16, 18, 11, 4, 12, 7]])
+    with torch.no_grad():
+        want = reference(**tokens).last_hidden_state
+        text = model.text_features(tokens)
+        got = model.encode_tokens(text.tokens, text.mask)
+        # Padding rows of a text differ (BERT attends from them too); compare real tokens.
+        real = tokens["attention_mask"].bool()
+        torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+        scores = model.score_pairs(model.image_features(torch.randn(2, 3, 32, 32)), text)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    assert model.width == 32 and len(model.blocks) == 2
+    # FLOP counting builds it shape-only: sizes from the folder's config.json, no weights read.
+    from harness.eval.flops import flops_summary
+    from harness.models.towers import without_weights
+
+    shapes = without_weights(cfg)
+    assert shapes["text_tower"] == {"pretrained_path": None, **SIZES}
+    assert flops_summary(lambda: build_single_stream(shapes, vocab_size=len(WORDS)),
+                         image_size=32, text_len=8)
+    cfg.pop("image_backbone")
+    with pytest.raises(ValueError, match="joint.kind=bert needs model.image_backbone"):
+        build_single_stream(cfg, vocab_size=len(WORDS))

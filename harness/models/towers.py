@@ -244,7 +244,7 @@ def without_weights(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if key == "text_tower" and folder:
             config = bert_folder_config(Path(folder).expanduser())
             for size in BERT_SIZE_KEYS:
-                if size in out and out[size] is None:
+                if out.get(size) is None:
                     out[size] = int(getattr(config, size))
         if "pretrained_path" in out:
             out["pretrained_path"] = None
