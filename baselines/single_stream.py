@@ -101,7 +101,7 @@ class GridEmbedding(nn.Module):
 
     def __init__(self, cfg: Mapping[str, Any], width: int, image_size: int) -> None:
         super().__init__()
-        self.backbone = ImageTower(cfg)
+        self.backbone = ImageTower(cfg, what="model.image_backbone.pretrained_path")
         was_training = self.backbone.training
         self.backbone.eval()  # a dry run in train mode would update BatchNorm statistics
         with torch.no_grad():
