@@ -136,6 +136,8 @@ def test_folder_without_a_tokenizer_is_named(tmp_path):
     with pytest.raises(DataError, match=r"not-a-model: no tokenizer there "
                                          r"\(model.text_tower.pretrained_path\)"):
         _resolve(tmp_path, empty)
+    with pytest.raises(DataError, match=r"no-such-bert: not found \(data.vocab_dir\)"):
+        _resolve(tmp_path, None, vocab_dir=tmp_path / "no-such-bert")
 
 
 # -------------------------------------------------------------------------------- text tower

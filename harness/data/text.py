@@ -36,6 +36,8 @@ class Tokenizer:
         from transformers import BertTokenizer  # heavy import, only when text is tokenised
 
         folder = Path(folder).expanduser()
+        if not folder.exists():
+            raise DataError(f"{folder}: not found ({what})")
         if not is_tokenizer_dir(folder):
             raise DataError(f"{folder}: no tokenizer there ({what}): expected "
                             f"{' or '.join(TOKENIZER_FILES)}")
