@@ -59,6 +59,7 @@ class ClipDualEncoder(nn.Module):
         return self.losses_from_features(self.train_features(batch))
 
 
-def build_clip(cfg: Mapping[str, Any], *, vocab_size: int) -> ClipDualEncoder:
-    """Registry factory for ``model=clip``."""
+def build_clip(cfg: Mapping[str, Any], *, vocab_size: int,
+               special_ids: Mapping[str, int] | None = None) -> ClipDualEncoder:
+    """Registry factory for ``model=clip`` (``special_ids`` is accepted and unused)."""
     return ClipDualEncoder(cfg, vocab_size)

@@ -6,6 +6,11 @@ embeddings. Both get a modality-type embedding and are concatenated, text first,
 joint transformer, whose blocks are a timm ViT's: ``joint.pretrained_path`` pointing at a ViT
 state dict (e.g. ViT-B/32 at 384) reproduces ViLT's initialisation. An ITM head on the pooled
 first token scores a pair; an MLM head predicts masked words from the joint sequence.
+``text_tower.pretrained_path`` pointing at a BERT folder gives the tokenizer and initialises
+the word and position embeddings from BERT's. ``joint.kind=bert`` makes the joint transformer
+that BERT's own (post-LN) layers, as UNITER and VisualBERT start from BERT; with the default
+ViT blocks (pre-LN) BERT's layers are not loaded, because they would compute another function
+there (docs/training.md).
 
 Two settings, deliberately separate classes so that ``isinstance(model, DualEncoder)`` tells
 the truth:
@@ -32,41 +37,35 @@ from torch._subclasses.fake_tensor import is_fake
 from baselines.single_stream_objectives import IGNORE_INDEX, mask_tokens, sample_negatives
 from harness.interfaces import Batch, TextTokens, TokenFeatures
 from harness.models.contrastive import symmetric_info_nce
-from harness.models.towers import ImageTower, WeightsNotFoundError
+from harness.models.towers import (
+    ImageTower,
+    TextTower,
+    WeightsMismatchError,
+    _existing,
+    load_timm_weights,
+)
 
-# The factory only receives vocab_size, so the special ids default to the harness's own
-# WordPiece layout (harness.data.text.SPECIAL_TOKENS: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
-# [MASK]=4). A bert-base-uncased vocab needs `special_ids: {pad: 0, unk: 100, cls: 101,
-# sep: 102, mask: 103}` in the model config (Tokenizer.special_ids gives the values).
+# Special-token ids come from the tokenizer (``Tokenizer.special_ids``, passed to the factory
+# by the stage). Callers without one (FLOP counting, benchmarks on random ids) get the layout
+# of the harness's own WordPiece vocabulary (harness.data.text.SPECIAL_TOKENS order).
 DEFAULT_SPECIAL_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+SPECIAL_KEYS = tuple(DEFAULT_SPECIAL_IDS)
 MAX_LOGIT_SCALE = math.log(100.0)  # same clamp as CLIP's learnable temperature
 TEXT, IMAGE = 0, 1  # modality-type embedding rows
+# vit: timm ViT blocks (ViLT); bert: the layers of the text_tower BERT (UNITER / VisualBERT).
+JOINT_KINDS = ("vit", "bert")
 
 
 def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
-    """A timm ViT for the joint transformer, with local weights when configured."""
+    """A timm ViT for the joint transformer, with local weights when configured (strict; timm's
+    filter resamples position embeddings of a ViT trained at another resolution)."""
     import timm
-    from timm.layers import resample_abs_pos_embed
 
     vit = timm.create_model(cfg["name"], pretrained=bool(cfg.get("hub", False)), num_classes=0,
                             **dict(cfg.get("kwargs") or {}))
-    path = cfg.get("pretrained_path")
-    if path:
-        weights = Path(path).expanduser()
-        if not weights.exists():
-            raise WeightsNotFoundError(f"model.joint.pretrained_path: pretrained weights not "
-                                       f"found at {weights}")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        pos = state.get("pos_embed")
-        if pos is not None and pos.shape != vit.pos_embed.shape:
-            # A ViT trained at 224 or 384 serves other resolutions with resampled positions.
-            grid = vit.patch_embed.grid_size
-            state["pos_embed"] = resample_abs_pos_embed(pos, list(grid), num_prefix_tokens=1)
-        missing, unexpected = vit.load_state_dict(state, strict=False)
-        if unexpected or [k for k in missing if not k.startswith(("head", "fc_norm"))]:
-            raise ValueError(f"{weights}: weights do not match {cfg['name']} "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    weights = _existing(cfg.get("pretrained_path"), "model.joint.pretrained_path")
+    if weights is not None:
+        load_timm_weights(vit, weights, "model.joint.pretrained_path")
     if vit.cls_token is None or getattr(vit, "no_embed_class", False) or vit.num_reg_tokens:
         raise ValueError(f"model.joint.name={cfg['name']}: need a ViT with a class token, "
                          "position embeddings covering it, and no register tokens")
@@ -102,7 +101,7 @@ class GridEmbedding(nn.Module):
 
     def __init__(self, cfg: Mapping[str, Any], width: int, image_size: int) -> None:
         super().__init__()
-        self.backbone = ImageTower(cfg)
+        self.backbone = ImageTower(cfg, what="model.image_backbone.pretrained_path")
         was_training = self.backbone.training
         self.backbone.eval()  # a dry run in train mode would update BatchNorm statistics
         with torch.no_grad():
@@ -139,6 +138,32 @@ class TextEmbedding(nn.Module):
         pos = self.position(torch.arange(length, device=input_ids.device))
         return self.norm(self.word(input_ids) + pos)
 
+    @torch.no_grad()
+    def load_bert(self, bert: nn.Module, folder: Path) -> None:
+        """Copy a ``BertModel``'s word, position and LayerNorm weights.
+
+        BERT adds a token-type row (type 0 for a single text) before its LayerNorm; folding
+        that row into the position table makes this module compute exactly BERT's embedding
+        output for every input.
+        """
+        emb = bert.embeddings
+        width, max_len = self.word.embedding_dim, self.position.num_embeddings
+        if emb.word_embeddings.embedding_dim != width:
+            raise WeightsMismatchError(
+                f"{folder / 'config.json'}: hidden_size={emb.word_embeddings.embedding_dim} but "
+                f"the joint transformer is {width} wide (model.joint); BERT embeddings can only "
+                f"initialise a joint transformer of their width")
+        if emb.position_embeddings.num_embeddings < max_len:
+            raise WeightsMismatchError(
+                f"{folder / 'config.json'}: max_position_embeddings="
+                f"{emb.position_embeddings.num_embeddings} < model.text_max_len={max_len}")
+        self.word.weight.copy_(emb.word_embeddings.weight)
+        type0 = emb.token_type_embeddings.weight[0]
+        self.position.weight.copy_(emb.position_embeddings.weight[:max_len] + type0)
+        self.norm.weight.copy_(emb.LayerNorm.weight)
+        self.norm.bias.copy_(emb.LayerNorm.bias)
+        self.norm.eps = emb.LayerNorm.eps
+
 
 class MLMHead(nn.Module):
     """Transform + LayerNorm, then a decoder tied to the word embeddings (as in BERT)."""
@@ -159,25 +184,55 @@ class MLMHead(nn.Module):
 class SingleStream(nn.Module):
     """The pure single-stream cross-encoder: ITM + MLM, uniform ITM negatives."""
 
-    def __init__(self, cfg: Mapping[str, Any], vocab_size: int) -> None:
+    def __init__(self, cfg: Mapping[str, Any], vocab_size: int,
+                 special_ids: Mapping[str, int] | None = None) -> None:
         super().__init__()
-        vit = _load_vit(cfg["joint"])
-        self.width = width = int(vit.embed_dim)
-        self.blocks, self.norm = vit.blocks, vit.norm
+        if "special_ids" in cfg:
+            raise ValueError("model.special_ids is no longer read: the special-token ids come "
+                             "from the tokenizer (model.text_tower.pretrained_path or the "
+                             "harness's vocabulary); remove it from the config")
+        self.joint_kind = str(cfg["joint"].get("kind", "vit"))
+        if self.joint_kind not in JOINT_KINDS:
+            raise ValueError(f"model.joint.kind must be one of {JOINT_KINDS}, "
+                             f"got {self.joint_kind!r}")
+        text_cfg = dict(cfg.get("text_tower") or {})
+        # A BERT encoder when its weights are given (embeddings, UNITER layers) or when the
+        # joint transformer is BERT-shaped; TextTower applies the folder checks and sizes.
+        bert = (TextTower(text_cfg, vocab_size).bert
+                if text_cfg.get("pretrained_path") or self.joint_kind == "bert" else None)
         backbone = cfg.get("image_backbone")
-        self.image_embed = (GridEmbedding(backbone, width, int(cfg["image_size"])) if backbone
-                            else PatchEmbedding(vit))
+        if bert is not None and self.joint_kind == "bert":
+            if not backbone:
+                raise ValueError("model.joint.kind=bert needs model.image_backbone (image "
+                                 "tokens from a timm backbone's grid): a BERT has no patch "
+                                 "projection")
+            self.width = width = int(bert.config.hidden_size)
+            # BERT's layers are post-LN: each one ends normalised, so no final norm.
+            self.blocks, self.norm = bert.encoder.layer, nn.Identity()
+            self.image_embed: nn.Module = GridEmbedding(backbone, width, int(cfg["image_size"]))
+        else:
+            vit = _load_vit(cfg["joint"])
+            self.width = width = int(vit.embed_dim)
+            self.blocks, self.norm = vit.blocks, vit.norm
+            self.image_embed = (GridEmbedding(backbone, width, int(cfg["image_size"]))
+                                if backbone else PatchEmbedding(vit))
         self.text_embed = TextEmbedding(vocab_size, width, int(cfg.get("text_max_len", 40)))
         self.type_embed = nn.Embedding(2, width)
         nn.init.normal_(self.type_embed.weight, std=0.02)
+        if bert is not None:
+            self.text_embed.load_bert(bert, Path(text_cfg.get("pretrained_path") or "."))
+            with torch.no_grad():  # BERT's type-0 row is folded into the positions already
+                self.type_embed.weight[TEXT].zero_()
         self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
         self.itm_head = nn.Linear(width, 2)
         self.mlm_head = MLMHead(self.text_embed.word)
         self.vocab_size = vocab_size
-        self.special_ids = {**DEFAULT_SPECIAL_IDS, **dict(cfg.get("special_ids") or {})}
-        if max(self.special_ids.values()) >= vocab_size:
-            raise ValueError(f"model.special_ids {self.special_ids} do not fit a vocabulary of "
-                             f"{vocab_size}; set them from Tokenizer.special_ids")
+        self.special_ids = dict(special_ids if special_ids is not None else DEFAULT_SPECIAL_IDS)
+        if sorted(self.special_ids) != sorted(SPECIAL_KEYS) or not all(
+                isinstance(i, int) and 0 <= i < vocab_size for i in self.special_ids.values()):
+            raise ValueError(f"special-token ids {self.special_ids} do not fit a vocabulary of "
+                             f"{vocab_size} (need {', '.join(SPECIAL_KEYS)}; pass "
+                             f"Tokenizer.special_ids)")
         self.mlm_prob = float(cfg.get("mlm_prob", 0.15))
         self.itm_pool = str(cfg.get("itm_pool", "cls"))
         if self.itm_pool not in ("cls", "mean"):
@@ -213,6 +268,13 @@ class SingleStream(nn.Module):
     def encode_tokens(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """Run the transformer over ``tokens [P, T, D]``, attending only where ``mask``."""
         attn_mask = mask[:, None, None, :]  # broadcast over heads and queries
+        if self.joint_kind == "bert":  # transformers' layers take an additive mask
+            additive = torch.zeros(attn_mask.shape, dtype=tokens.dtype, device=tokens.device)
+            additive = additive.masked_fill(~attn_mask, torch.finfo(tokens.dtype).min)
+            for layer in self.blocks:
+                out = layer(tokens, attention_mask=additive)
+                tokens = out[0] if isinstance(out, tuple) else out
+            return tokens
         for block in self.blocks:
             tokens = block(tokens, attn_mask=attn_mask)
         return self.norm(tokens)
@@ -291,8 +353,9 @@ class SingleStream(nn.Module):
 class SingleStreamITC(SingleStream):
     """Single stream plus an ALBEF-style contrastive head: hard negatives and a first stage."""
 
-    def __init__(self, cfg: Mapping[str, Any], vocab_size: int) -> None:
-        super().__init__(cfg, vocab_size)
+    def __init__(self, cfg: Mapping[str, Any], vocab_size: int,
+                 special_ids: Mapping[str, int] | None = None) -> None:
+        super().__init__(cfg, vocab_size, special_ids)
         itc = dict(cfg.get("itc") or {})
         self.itc_pool = str(itc.get("pool", "encoder"))
         if self.itc_pool not in ("encoder", "embeddings"):
@@ -348,7 +411,8 @@ class SingleStreamITC(SingleStream):
         return sims, sims.t()
 
 
-def build_single_stream(cfg: Mapping[str, Any], *, vocab_size: int) -> SingleStream:
-    """Registry factory for ``model=single_stream``."""
+def build_single_stream(cfg: Mapping[str, Any], *, vocab_size: int,
+                        special_ids: Mapping[str, int] | None = None) -> SingleStream:
+    """Registry factory for ``model=single_stream``; ``special_ids`` from the tokenizer."""
     cls = SingleStreamITC if cfg.get("contrastive_head", False) else SingleStream
-    return cls(cfg, vocab_size)
+    return cls(cfg, vocab_size, special_ids)

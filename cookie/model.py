@@ -221,6 +221,7 @@ def _gathered(views: Views, ids: Tensor) -> tuple[Views, Tensor]:
                    for t in (views.img, views.txt, views.img2, views.txt2))), all_ids
 
 
-def build_cookie(cfg: Mapping[str, Any], *, vocab_size: int) -> CookieModel:
-    """Registry factory for ``model=cookie``."""
+def build_cookie(cfg: Mapping[str, Any], *, vocab_size: int,
+                 special_ids: Mapping[str, int] | None = None) -> CookieModel:
+    """Registry factory for ``model=cookie`` (``special_ids`` is accepted and unused)."""
     return CookieModel(cfg, vocab_size)

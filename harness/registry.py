@@ -63,7 +63,8 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-#: Model factories: ``factory(model_cfg: Mapping, *, vocab_size: int) -> nn.Module``.
+#: Model factories: ``factory(model_cfg: Mapping, *, vocab_size: int, special_ids=None)
+#: -> nn.Module``; ``special_ids`` are the tokenizer's pad/unk/cls/sep/mask ids.
 MODELS: Registry[Callable[..., object]] = Registry("model")
 MODELS.register("clip", "baselines.clip:build_clip")
 MODELS.register("cookie", "cookie.model:build_cookie")

@@ -32,6 +32,7 @@ from harness.launch.store import (
     stage_dir,
     stage_status,
 )
+from harness.models.towers import text_weights_dir, without_weights
 from harness.registry import MODELS
 from harness.train.checkpoint import load_checkpoint
 from harness.train.loop import Preempted, train
@@ -72,7 +73,8 @@ def _parent(cfg: DictConfig, run_root: Path, required: bool) -> Path | None:
 
 def _build_model(cfg: DictConfig, tokenizer: Tokenizer) -> torch.nn.Module:
     factory = MODELS.get(cfg.model.name)
-    return factory(to_plain(cfg.model), vocab_size=tokenizer.vocab_size)
+    return factory(to_plain(cfg.model), vocab_size=tokenizer.vocab_size,
+                   special_ids=tokenizer.special_ids)
 
 
 def _model_efficiency(cfg: DictConfig, model: torch.nn.Module, vocab_size: int,
@@ -82,7 +84,7 @@ def _model_efficiency(cfg: DictConfig, model: torch.nn.Module, vocab_size: int,
     from harness.eval.flops import flops_summary, param_counts
 
     factory = MODELS.get(cfg.model.name)
-    model_cfg = to_plain(cfg.model)
+    model_cfg = without_weights(to_plain(cfg.model))  # shapes only: no weight files are read
     flops = flops_summary(lambda: factory(model_cfg, vocab_size=vocab_size),
                           image_size=int(cfg.model.image_size),
                           text_len=int(cfg.data.max_text_len))
@@ -137,7 +139,8 @@ def train_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]
     parent = _parent(cfg, run_root, required=False)
     with main_process_first():  # rank 0 builds the vocabulary cache, the others reuse it
         tokenizer = resolve_tokenizer(
-            vocab_dir=cfg.data.vocab_dir, inherited=parent / "tokenizer" if parent else None,
+            pretrained_dir=text_weights_dir(to_plain(cfg.model)), vocab_dir=cfg.data.vocab_dir,
+            inherited=parent / "tokenizer" if parent else None,
             captions=captions, cache_root=Path(cfg.data.vocab_cache),
             max_len=int(cfg.data.max_text_len), vocab_size=int(cfg.data.vocab_size))
     if env.is_main:
@@ -221,7 +224,7 @@ def bench_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]
 
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     factory = MODELS.get(cfg.model.name)
-    model_cfg, vocab = to_plain(cfg.model), int(cfg.task.vocab_size)
+    model_cfg, vocab = without_weights(to_plain(cfg.model)), int(cfg.task.vocab_size)
     block = model_costs(lambda: factory(model_cfg, vocab_size=vocab),
                         image_size=int(cfg.model.image_size), text_len=int(cfg.task.text_len),
                         vocab_size=vocab, protocols=list(cfg.task.protocols), device=device,

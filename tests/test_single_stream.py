@@ -205,12 +205,12 @@ def test_itm_batch_drops_rows_without_a_negative():
     assert torch.isfinite(losses["itm"])  # positives alone, no crash and no false negative
 
 
-def test_special_ids_from_config():
-    m = build_single_stream(tiny_cfg(special_ids={"pad": 0, "unk": 10, "cls": 11, "sep": 12,
-                                                  "mask": 13}), vocab_size=VOCAB)
+def test_special_ids_from_the_tokenizer():
+    m = build_single_stream(tiny_cfg(), vocab_size=VOCAB,
+                            special_ids={"pad": 0, "unk": 10, "cls": 11, "sep": 12, "mask": 13})
     assert m.special_ids["mask"] == 13
-    with pytest.raises(ValueError, match="special_ids"):
-        build_single_stream(tiny_cfg(special_ids={"mask": 103}), vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="special-token ids"):
+        build_single_stream(tiny_cfg(), vocab_size=VOCAB, special_ids={"mask": 103})
 
 
 def test_text_longer_than_positions_is_a_clear_error(model):
@@ -223,7 +223,7 @@ def test_configs_compose_for_both_scales():
     smoke = to_plain(compose(["model=single_stream", "scale=smoke"]).model)
     assert paper.joint.name == "vit_base_patch32_384" and paper.image_size == 384
     assert smoke["image_size"] == 64 and smoke["joint"]["kwargs"]["img_size"] == 64
-    assert {"mean", "std", "train_inputs", "special_ids"} <= set(smoke)
+    assert {"mean", "std", "train_inputs"} <= set(smoke) and "special_ids" not in smoke
     m = build_single_stream(smoke, vocab_size=300)
     assert isinstance(m, SingleStream) and not isinstance(m, SingleStreamITC)
     assert m.image_features(torch.zeros(1, 3, 64, 64)).tokens.shape == (1, 17, 96)

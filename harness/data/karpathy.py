@@ -19,6 +19,11 @@ from harness.data.report import DataError, DataReport
 # retrieval model trains on train + restval, so the train split includes them.
 SPLIT_ALIASES: dict[str, tuple[str, ...]] = {"train": ("train", "restval")}
 FORMATS: tuple[str, ...] = ("karpathy", "albef")
+# Karpathy's Flickr30K file has no per-image ``filepath`` (COCO's says train2014/val2014): its
+# images are the public archive's flickr30k-images/ folder, which ALBEF's annotation paths
+# ("flickr30k-images/<name>.jpg") name too, so one image_root serves both formats. Keyed by
+# the file's own top-level "dataset" value.
+IMPLICIT_FILEPATH: dict[str, str] = {"flickr30k": "flickr30k-images"}
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,11 @@ class _Entry:
 
 
 def _karpathy_entry(item: object, image_root: Path, seen_img: set[int],
-                    seen_sent: set[int]) -> tuple[str, _Entry]:
-    """Validate one Karpathy ``images[]`` object; returns its split and entry."""
+                    seen_sent: set[int], filepath: str = "") -> tuple[str, _Entry]:
+    """Validate one Karpathy ``images[]`` object; returns its split and entry.
+
+    ``filepath`` is the folder under ``image_root`` for entries that carry none.
+    """
     _check(isinstance(item, dict), "expected an object")
     assert isinstance(item, dict)
     for key, kind in (("filename", str), ("imgid", int), ("split", str), ("sentences", list)):
@@ -141,7 +149,7 @@ def _karpathy_entry(item: object, image_root: Path, seen_img: set[int],
     seen_img.add(imgid)
     seen_sent.update(sentids)
     scene = item.get("scene_id")
-    path = image_root / item.get("filepath", "") / item["filename"]
+    path = image_root / item.get("filepath", filepath) / item["filename"]
     return item["split"], _Entry("", path, imgid, captions,
                                  scene if isinstance(scene, int) else None)
 
@@ -153,13 +161,15 @@ def _karpathy_entries(path: Path, image_root: Path, splits: Iterable[str],
     images = data.get("images")
     _require(isinstance(images, list), path, "top level", "missing 'images' list")
     wanted = set(splits)
+    dataset = data.get("dataset")
+    filepath = IMPLICIT_FILEPATH.get(dataset, "") if isinstance(dataset, str) else ""
     entries: list[_Entry] = []
     seen_img: set[int] = set()
     seen_sent: set[int] = set()
     for i, item in enumerate(images):
         where = f"images[{i}]"
         try:
-            split, entry = _karpathy_entry(item, image_root, seen_img, seen_sent)
+            split, entry = _karpathy_entry(item, image_root, seen_img, seen_sent, filepath)
         except _BadEntry as exc:
             report.flag(path, where, f"schema violation: {exc}")
             continue
