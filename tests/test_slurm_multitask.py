@@ -27,7 +27,8 @@ N_IMAGES = 60
 # Dropout off and a tower without batch statistics: then two ranks on halves of a batch compute
 # what one process computes on the whole of it (BatchNorm would normalise each half by its own
 # statistics, and each rank draws its own dropout masks).
-EXACT_MODEL = ["model.image_tower.name=test_vit", "model.image_tower.kwargs={img_size:64}",
+EXACT_MODEL = ["model.image_tower.name=test_vit", "~model.image_tower.kwargs.output_stride",
+               "+model.image_tower.kwargs.img_size=64",
                "+model.text_tower.hidden_dropout_prob=0.0",
                "+model.text_tower.attention_probs_dropout_prob=0.0"]
 
