@@ -174,10 +174,11 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
     model.train()
     # Handlers first, then the workers: forked workers inherit this process's handlers, and
     # must not inherit the default ones (or submitit's, which would requeue from a worker).
+    batches = None
     with StopSignals() as stop:
-        with stop_signals_blocked():
-            batches = iter(loader)
         try:
+            with stop_signals_blocked():
+                batches = iter(loader)
             while step < total:
                 t0 = time.perf_counter()
                 batch = _to_device(next(batches), device)
@@ -218,7 +219,7 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
                     save(complete=False)
         finally:
             log.close()
-            del batches  # shut worker processes down before the final save
+            batches = None  # shut worker processes down before the final save
     save(complete=True)
     return TrainSummary(steps=step, samples_seen=samples, wall_s=wall,
                         final_losses=final,
