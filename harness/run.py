@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import compose, to_plain
 from harness.launch.grid import PlannedStage
 from harness.registry import UnknownNameError
+from harness.train.signals import REQUEUE_EXIT, Preempted
 
 
 def missing_data(plan: Sequence[PlannedStage]) -> list[str]:
@@ -101,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = run_stage(cfg, Path(cfg.run_root))
         print(f"[run] {run_dir}", flush=True)
         return 0
+    except Preempted as exc:  # checkpoint written: rerunning the command resumes
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return REQUEUE_EXIT
     except UnknownNameError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

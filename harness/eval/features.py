@@ -25,6 +25,7 @@ from harness.data.loaders import ImageFiles
 from harness.data.transforms import ImageTransform
 from harness.interfaces import DualEncoder
 from harness.train.distributed import current, gather_objects
+from harness.train.signals import ignore_stop_signals
 
 Tokenize = Callable[[Sequence[str]], dict[str, Tensor]]
 
@@ -58,7 +59,7 @@ def encode_images(model: DualEncoder, corpus: CaptionCorpus, transform: ImageTra
     start, stop = shard_bounds(corpus.n_images, env.rank, env.world_size)
     loader = DataLoader(ImageFiles(corpus.image_paths[start:stop], transform),
                         batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     out = []
     with _autocast(device):
         for images in loader:

@@ -17,6 +17,7 @@ from harness.data.transforms import ImageTransform
 from harness.eval.features import cached_embeddings, encode_images, encode_texts
 from harness.eval.retrieval import retrieval_metrics_from_embeddings
 from harness.eval.unimodal import unimodal_metrics
+from harness.train.signals import ignore_stop_signals
 
 Tokenize = Callable[[Sequence[str]], dict[str, Tensor]]
 
@@ -60,7 +61,7 @@ def evaluate_cross(model: nn.Module, corpus: CaptionCorpus, transform: ImageTran
         mode = "full" if corpus.n_images * corpus.n_texts <= int(task["max_pairs"]) else "topk"
     batch = int(task["batch_size"])
     images = DataLoader(ImageFiles(corpus.image_paths, transform), batch_size=batch,
-                        num_workers=num_workers)
+                        num_workers=num_workers, worker_init_fn=ignore_stop_signals)
     metrics, protocol, timings = cross_encoder_retrieval(
         model, images, corpus.captions, torch.tensor(corpus.txt2img), mode=mode,
         k_test=int(task["k_test"]), fusion=task["fusion"], tokenize=tokenize,

@@ -10,7 +10,9 @@ submission, so editing the checkout afterwards does not change queued or requeue
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +21,15 @@ from harness.launch.executor import GridReport
 from harness.launch.grid import PlannedStage
 from harness.launch.snapshot import snapshot_code
 from harness.launch.store import RUNNING_MARKER, atomic_write_json, mark, read_marker
+
+# How long a rank other than 0 waits, after a stop, for rank 0's requeue to end the job.
+REQUEUE_WAIT_S = 120.0
+
+
+def _await_requeue(timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)  # SLURM's SIGTERM (submitit logs it) and SIGKILL end this task
 
 
 class StageJob:
@@ -32,14 +43,21 @@ class StageJob:
     def __call__(self) -> str:
         from harness.config import compose
         from harness.stage import run_stage
-        from harness.train.loop import Preempted
+        from harness.train.distributed import world_info_from_env
+        from harness.train.signals import Preempted
 
         try:
             return str(run_stage(compose(self.overrides), Path(self.run_root), grid=self.grid))
         except Preempted:
-            # The loop saved a checkpoint at a step boundary; hand over to submitit's own
-            # USR2 handler (restored by now), which calls checkpoint() and requeues the job.
-            signal.raise_signal(signal.SIGUSR2)
+            if world_info_from_env().is_main:
+                # The loop saved a checkpoint at a step boundary; hand over to submitit's own
+                # USR2 handler (restored by now), which calls checkpoint() and requeues the job.
+                signal.raise_signal(signal.SIGUSR2)
+            else:
+                # Submitit requeues from rank 0 only. Exiting here with an error could make
+                # srun (KillOnBadExit) kill rank 0 before it requeued: wait for the requeue to
+                # end this task instead, as submitit's own handler does on other ranks.
+                _await_requeue(REQUEUE_WAIT_S)
             raise
 
     def checkpoint(self) -> Any:
@@ -54,6 +72,59 @@ def _resources(cluster: Mapping[str, Any], task: str) -> dict[str, Any]:
     merged = dict(cluster["resources"]["default"])
     merged.update(cluster["resources"].get(task) or {})
     return merged
+
+
+def _resource_key(cluster: Mapping[str, Any], task: str, name: str) -> str:
+    """The config key a resource value came from (the task's entry, else ``default``)."""
+    own = cluster["resources"].get(task) or {}
+    return f"cluster.resources.{task if name in own else 'default'}.{name}"
+
+
+def partition_nodes(partition: str | None) -> list[tuple[int, int]] | None:
+    """(CPUs, GPUs) of each node of ``partition`` (the default one when None); None if unknown."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%G"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    nodes = []
+    for line in out.stdout.splitlines():
+        name, cpus, gres = (line.split("|") + ["", ""])[:3]
+        default = name.endswith("*")
+        if (partition is None and default) or name.rstrip("*") == partition:
+            gpus = sum(int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))
+            nodes.append((int(cpus.rstrip("+") or 0), gpus))
+    return nodes or None
+
+
+def check_allocation(plan: Sequence[PlannedStage], cluster: Mapping[str, Any],
+                     nodes: list[tuple[int, int]] | None) -> None:
+    """Refuse, before anything is submitted, tasks a node cannot hold (SLURM would queue the
+    job forever, reason PartitionConfig); ``nodes`` is :func:`partition_nodes`'s answer."""
+    where = f"partition {cluster.get('partition') or '(default)'}"
+    for stage in plan:
+        res = _resources(cluster, stage.task)
+        tasks, cpus = int(res["tasks_per_node"]), int(res["cpus_per_task"])
+        gpus = int(res.get("gpus_per_node") or 0)
+        key = _resource_key(cluster, stage.task, "tasks_per_node")
+        if tasks < 1:
+            raise ValueError(f"{key}={tasks}: must be at least 1 ({stage.label})")
+        if gpus and tasks > gpus:
+            raise ValueError(f"{key}={tasks} is larger than "
+                             f"{_resource_key(cluster, stage.task, 'gpus_per_node')}={gpus}: "
+                             f"each rank needs its own GPU ({stage.label})")
+        if nodes is None:
+            continue
+        fit = [n for n in nodes if n[0] >= tasks * cpus and n[1] >= gpus]
+        if len(fit) < int(res["nodes"]):
+            largest = max(c for c, _ in nodes)
+            raise ValueError(
+                f"{key}={tasks} x {_resource_key(cluster, stage.task, 'cpus_per_task')}={cpus} "
+                f"needs {tasks * cpus} CPUs{f' and {gpus} GPUs' if gpus else ''} on each of "
+                f"{res['nodes']} node(s); {where} has {len(fit)} such node(s) (largest: "
+                f"{largest} CPUs), so SLURM would queue {stage.label} forever")
 
 
 def _executor_for(stage: PlannedStage, cluster: Mapping[str, Any], folder: Path,
@@ -87,6 +158,9 @@ def _executor_for(stage: PlannedStage, cluster: Mapping[str, Any], folder: Path,
 def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_root: Path,
                 grid: str) -> tuple[GridReport, Path]:
     """Submit every stage not done or queued, parents first; returns the report and manifest."""
+    todo = [s for s in plan if s.status() not in ("done", "running")]
+    if todo:
+        check_allocation(todo, cluster, partition_nodes(cluster.get("partition")))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(cluster["folder"]).resolve()
     setup: list[str] = list(cluster.get("setup") or [])

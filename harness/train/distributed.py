@@ -181,6 +181,14 @@ def all_reduce_max(values: Tensor) -> Tensor:
     return values
 
 
+def all_reduce_mean(values: Tensor) -> Tensor:
+    """Element-wise mean over ranks (``values`` itself on one process)."""
+    if is_distributed():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
 def broadcast_parameters(model: nn.Module) -> None:
     """Rank 0's parameters and buffers everywhere (what DDP does when it wraps a model)."""
     if not is_distributed():

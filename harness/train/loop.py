@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from harness.train.checkpoint import (
 )
 from harness.train.distributed import (
     DistEnv,
+    all_reduce_mean,
     barrier,
     broadcast_object,
     gather_objects,
@@ -39,6 +39,7 @@ from harness.train.distributed import (
 from harness.train.metrics import MetricsLog
 from harness.train.optim import build_optimizer, build_scheduler
 from harness.train.sampling import ResumableSampler, build_loader
+from harness.train.signals import Preempted, StopSignals, stop_signals_blocked
 from harness.train.step import NonFiniteLossError, Stepper, resolve_precision
 
 __all__ = ["NonFiniteLossError", "Preempted", "ResumableSampler", "StopSignals", "TrainSummary",
@@ -48,37 +49,6 @@ LOG = logging.getLogger("harness.train")
 # Rank r seeds its RNG with seed + r * stride: dropout differs across ranks, rank 0 keeps the
 # single-process seed.
 RANK_SEED_STRIDE = 1_000_003
-
-
-class Preempted(RuntimeError):
-    """SLURM asked the job to stop (SIGTERM/SIGUSR2); a checkpoint was written first."""
-
-
-class StopSignals:
-    """Turns SIGTERM / SIGUSR2 into a flag the loop checks at each step boundary.
-
-    SLURM sends one of them before a time limit or preemption; stopping between steps is what
-    makes the checkpoint consistent (never mid-update).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True)
@@ -165,8 +135,9 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
             precision.scaler.load_state_dict(state["scaler"])
         step, samples, wall = state["step"], state["samples_seen"], state["wall_s"]
         _restore_rng(state, env, total_batch, workers, dataset)
-        if env.is_main:
-            print(f"[train] resumed from {ckpt_path} at step {step}", flush=True)
+        # Every rank says so: a requeued multi-task job shows each rank's restart in its log.
+        who = f" (rank {env.rank}/{env.world_size})" if env.distributed else ""
+        print(f"[train] resumed from {ckpt_path} at step {step}{who}", flush=True)
 
     stepper = Stepper(model, optimizer, scheduler, cfg, precision, device)
     if stepper.plain_accumulation and env.is_main:
@@ -198,12 +169,17 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
                      else None, total=total, start=step, progress=cfg.get("progress", "auto"),
                      enabled=env.is_main)
     losses: dict[str, Tensor] = {}
+    final: dict[str, float] = {}
     log_every, ckpt_every = int(cfg["log_every"]), int(cfg["ckpt_every"])
     interval = {"steps": 0, "data": 0.0, "step": 0.0}
     model.train()
-    batches = iter(loader)
+    # Handlers first, then the workers: forked workers inherit this process's handlers, and
+    # must not inherit the default ones (or submitit's, which would requeue from a worker).
+    batches = None
     with StopSignals() as stop:
         try:
+            with stop_signals_blocked():
+                batches = iter(loader)
             while step < total:
                 t0 = time.perf_counter()
                 batch = _to_device(next(batches), device)
@@ -219,10 +195,14 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
                 interval["step"] += t2 - t0
                 log.tick()
                 if step % log_every == 0 or step == total:
+                    # Mean over ranks (a collective at the same steps on every rank): the loss
+                    # of the whole global batch, not rank 0's share of it.
+                    final = dict(zip(losses, all_reduce_mean(
+                        torch.stack([v.detach().float() for v in losses.values()])).tolist()))
                     n = interval["steps"]
-                    record = {"step": step, "loss": float(sum(losses.values())),
+                    record = {"step": step, "loss": sum(final.values()),
                               "lr": scheduler.get_last_lr()[0],
-                              **{f"loss/{k}": float(v) for k, v in losses.items()},
+                              **{f"loss/{k}": v for k, v in final.items()},
                               "data_s": interval["data"] / n, "step_s": interval["step"] / n,
                               "samples_per_s": total_batch * n / max(interval["step"], 1e-9),
                               "samples_per_s_per_rank": per_rank * n / max(interval["step"],
@@ -243,10 +223,10 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
             raise NonFiniteLossError(f"{exc}; {checkpoint_note(ckpt_path)}") from exc
         finally:
             log.close()
-            del batches  # shut worker processes down before the final save
+            batches = None  # shut worker processes down before the final save
     save(complete=True)
     return TrainSummary(steps=step, samples_seen=samples, wall_s=wall,
-                        final_losses={k: float(v) for k, v in losses.items()},
+                        final_losses=final,
                         world_size=env.world_size)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from harness.train.signals import ignore_stop_signals
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -123,7 +125,9 @@ def build_loader(dataset: Dataset, collate: Callable[[list], Any], *, batch_size
     """
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor or 2, persistent_workers=False)
+        # Workers leave SIGTERM/SIGUSR2/SIGINT to the main process, which checkpoints first.
+        kwargs.update(prefetch_factor=prefetch_factor or 2, persistent_workers=False,
+                      worker_init_fn=ignore_stop_signals)
     # The loader's own generator: creating its iterator must not consume the global torch
     # RNG, or a resumed run's dropout masks would be shifted by one draw.
     generator = torch.Generator().manual_seed(seed)
