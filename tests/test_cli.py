@@ -90,7 +90,7 @@ def test_bad_value_names_key_and_type_before_any_run_directory(tmp_path, capsys,
                                                                 expected):
     runs = tmp_path / "runs"
     assert main(["task=finetune", override, f"run_root={runs}",
-                 f"data.root={tmp_path / 'data'}"]) == 2
+                 f"data.root={tmp_path / 'data'}", "data.generate.n_images=40"]) == 2
     line = _one_line_error(capsys)
     assert line.startswith(f"error: {override}: expected {expected}"), line
     assert not runs.exists() and not (tmp_path / "data").exists()
