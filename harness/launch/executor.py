@@ -6,9 +6,9 @@ import multiprocessing
 import os
 import signal
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -84,7 +84,7 @@ def _run_in_job(overrides: Sequence[str], run_root: str, grid: str) -> str:
 
 
 def _run_in_worker(overrides: Sequence[str], run_root: str, grid: str) -> str:
-    """One stage in a worker process; module-level so a spawned worker can unpickle it."""
+    """One stage, composed and run in this (worker) process."""
     from harness.config import compose
     from harness.stage import run_stage
 
@@ -207,36 +207,70 @@ def _run_sequential(pending: list[PlannedStage], ready: Any, settle: Any, run_ro
 
 def _run_parallel(pending: list[PlannedStage], ready: Any, settle: Any, run_root: Path,
                   grid: str, workers: int) -> None:
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    # One spawned process per stage (fork would copy torch's thread pools): it exits when its
+    # stage ends, so stopping the grid is "SIGTERM each, wait for each" with nothing left
+    # behind; a pool's workers would outlive a stage that caught the SIGTERM.
+    context = multiprocessing.get_context("spawn")
     # Each process would otherwise start one thread per core: N workers x N threads on N
     # cores spin against each other and run several times slower than one stage alone.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                               initializer=_init_worker, initargs=(threads_per_worker(workers),))
-    running: dict[Future, PlannedStage] = {}
+    threads = threads_per_worker(workers)
+    running: dict[Any, tuple[PlannedStage, Any, Any]] = {}  # sentinel -> stage, process, pipe
     try:
         while pending or running:
-            for stage in launchable(ready(), [s.task for s in running.values()]):
+            free = workers - len(running)
+            for stage in launchable(ready(), [s.task for s, _, _ in running.values()])[:free]:
                 pending.remove(stage)
-                running[pool.submit(_run_in_worker, stage.overrides, str(run_root), grid)] = stage
+                reader, writer = context.Pipe(duplex=False)
+                proc = context.Process(target=_stage_process, name=stage.run_dir.name,
+                                       args=(stage.overrides, str(run_root), grid, threads,
+                                             writer))
+                proc.start()
+                writer.close()  # the child's copy is the only writer: EOF when it dies
+                running[proc.sentinel] = (stage, proc, reader)
             if not running:
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                settle(running.pop(future), future.exception())
+            for sentinel in connection_wait(list(running)):
+                stage, proc, reader = running.pop(sentinel)
+                proc.join()
+                settle(stage, _outcome(proc, reader))
     except BaseException:
         # The grid is stopping (a signal, an error here): its stage processes must not run on
         # unobserved. SIGTERM makes a training stage checkpoint and stop at a step boundary.
-        stop_workers(pool)
+        stop_processes([proc for _, proc, _ in running.values()])
         raise
+
+
+def _stage_process(overrides: Sequence[str], run_root: str, grid: str, threads: int,
+                   conn: Any) -> None:
+    """A stage process's body: run the stage, send back None or the exception."""
+    _init_worker(threads)
+    outcome: BaseException | None = None
+    try:
+        _run_in_worker(overrides, run_root, grid)
+    except BaseException as exc:  # reported to the grid, which decides what it means
+        outcome = exc
+    try:
+        conn.send(outcome)
+    except Exception:  # an exception that does not pickle: send its text
+        conn.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
+    conn.close()
+
+
+def _outcome(proc: Any, reader: Any) -> BaseException | None:
+    """What a finished stage process reported, or why it could not report."""
+    try:
+        if reader.poll():
+            return reader.recv()
+    except (EOFError, OSError):
+        pass
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        reader.close()
+    return RuntimeError(f"stage process {proc.pid} exited with code {proc.exitcode} "
+                        f"without a result")
 
 
-def stop_workers(pool: ProcessPoolExecutor) -> None:
-    """SIGTERM every worker process of ``pool`` and wait for it; a second signal kills them."""
-    # ProcessPoolExecutor has no public handle on its processes; without one, a killed grid
-    # leaves its workers to finish their stages unobserved.
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+def stop_processes(procs: Sequence[Any]) -> None:
+    """SIGTERM each stage process and wait for it; a second signal meanwhile kills them."""
     for proc in procs:
         _send(proc.pid, signal.SIGTERM)
     try:
