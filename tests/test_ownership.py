@@ -170,9 +170,18 @@ def _grid_args(tmp_path: Path, *extra: str) -> list[str]:
 
 def _start_grid(tmp_path: Path, *extra: str) -> subprocess.Popen:
     # Its own session: the test can signal the grid's whole process group, as a terminal does.
-    return subprocess.Popen([sys.executable, "-m", "harness.run", *_grid_args(tmp_path, *extra)],
-                            env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Output goes to a file, not a pipe: an orphaned stage process would hold a pipe open.
+    with open(tmp_path / "grid.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.run", *_grid_args(tmp_path, *extra)], env=_env(),
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, tmp_path: Path) -> str:
+    """Wait for a grid started by :func:`_start_grid`; its output."""
+    proc.wait(timeout=300)
+    return (tmp_path / "grid.log").read_text()
 
 
 def _training(runs: Path):
@@ -203,7 +212,7 @@ def test_second_grid_on_one_run_root_leaves_held_stages_to_the_first(tmp_path, c
         # A plain SIGTERM to the sequential grid: the stage checkpoints and the grid stops
         # instead of going on to the eval stage.
         first.send_signal(signal.SIGTERM)
-        out_first, _ = first.communicate(timeout=300)
+        out_first = _finish(first, tmp_path)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -232,7 +241,7 @@ def test_stopping_a_parallel_grid_stops_and_waits_for_its_stage_processes(tmp_pa
             os.killpg(grid.pid, sig)  # Ctrl-C in a terminal: every process of the group
         else:
             grid.send_signal(sig)  # `kill <pid>` of the grid only
-        out, _ = grid.communicate(timeout=300)
+        out = _finish(grid, tmp_path)
         assert grid.returncode == 128 + sig, out[-3000:]
         # The grid returned only after its workers exited: none runs on unobserved.
         assert _gone(worker), out[-3000:]
