@@ -84,6 +84,36 @@ def test_live_owner_refuses_a_second_runner_and_a_killed_one_is_taken_over(tmp_p
     assert read_owner(run_dir) == {} and stage_status(run_dir) == "pending"
 
 
+FORKING_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from harness.launch.lock import acquire
+lock = acquire(Path(sys.argv[1]))
+child = os.fork()  # as a data-loader worker is forked from its stage process
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_dead_owners_lock(tmp_path):
+    run_dir = tmp_path / "finetune-clip-synthetic-00000000"
+    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(run_dir)], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+        assert not _gone(child)  # the forked child outlives the owner
+        assert stage_status(run_dir) == "interrupted"
+        acquire(run_dir).release()
+    finally:
+        holder.kill()
+        os.kill(child, signal.SIGKILL)
+
+
 def test_a_reused_pid_is_not_the_owner(tmp_path):
     # The recorded pid runs (it is this test's parent), but it is another process than the
     # one that took the lock: the start times differ.

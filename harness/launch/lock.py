@@ -85,9 +85,29 @@ def read_owner(run_dir: Path) -> dict[str, Any]:
 
 def describe(info: Mapping[str, Any]) -> str:
     """``pid 123 on host h since 2026-12-01 00:00:00 UTC (job 45)``."""
+    if not info.get("pid"):
+        return "an owner still writing its record"
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(info.get("time") or 0)))
     job = f" (SLURM job {info['job_id']})" if info.get("job_id") else ""
     return f"pid {info.get('pid')} on host {info.get('host')} since {since}{job}"
+
+
+# Descriptors of the locks this process holds. A forked child (a data-loader worker) closes
+# its copies: otherwise it would keep the flock alive after its parent stage process died.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 @dataclass
@@ -101,6 +121,7 @@ class StageLock:
         """Clear the owner record, then drop the flock (the file stays: see :func:`acquire`)."""
         if self.fd < 0:
             return
+        _HELD.discard(self.fd)
         try:
             os.ftruncate(self.fd, 0)
         finally:
@@ -138,6 +159,7 @@ def acquire(run_dir: Path, *, job_id: str | None = None,
     except BaseException:
         os.close(fd)
         raise
+    _HELD.add(fd)
     return StageLock(path, fd)
 
 
