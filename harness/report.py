@@ -7,7 +7,9 @@ Nothing is run: each grid (default: every ``configs/grid/*.yaml``) is planned wi
 directories, so a grid's tables list exactly its stages and mark absent ones ``missing``. The
 ``k=v`` overrides must be the ones the grid ran with, since they decide the stages' identities.
 Writes ``<results>/collected.csv``, ``<results>/tables/`` and ``<results>/figures/`` and prints
-every file written.
+every file written. When no planned stage has a run directory at all (a fresh clone, a wrong
+``--runs``), it writes nothing and exits 1, so committed tables are not replaced by rows of
+``missing``; ``--allow-empty`` writes them anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where tables/, figures/ and collected.csv go (default: results_dir)")
     parser.add_argument("--grids", nargs="+", default=None,
                         help="grid names (default: every configs/grid/*.yaml)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write tables even when no run directory exists (all rows missing)")
     parser.add_argument("overrides", nargs="*",
                         help="config overrides the grids ran with (they decide stage identities)")
     args = parser.parse_args(argv)
@@ -87,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed.append(name)
             continue
         plans[name] = (grid, plan)
+    stages = [stage for _, plan in plans.values() for stage in plan]
+    if stages and not args.allow_empty and not any(s.run_dir.is_dir() for s in stages):
+        print(f"error: no runs found under {run_root} for grid(s) {', '.join(plans)}: nothing "
+              f"written (tables under {results} are unchanged); pass --runs DIR, or "
+              f"--allow-empty to write tables of missing rows", file=sys.stderr)
+        return 1
     paper = load_paper_numbers()
     df = collect(run_root, {name: plan for name, (_, plan) in plans.items()})
     written = [write_collected(df, results / "collected.csv")]

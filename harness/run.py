@@ -8,10 +8,33 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import compose, to_plain
+from harness.config import GROUPS, ConfigValueError, compose, group_choices, to_plain
 from harness.launch.grid import PlannedStage
+from harness.launch.lock import StageBusy
 from harness.registry import UnknownNameError
 from harness.train.signals import REQUEUE_EXIT, Preempted
+
+# The commands of the README's "Running things" (a test keeps the two in step).
+COMMANDS = """\
+  python -m harness.run grid=smoke                          # every stage of a grid, skipping done ones
+  python -m harness.run grid=smoke dry_run=true             # the plan: <stage_id> <task> <model> <dataset> <status>
+  python -m harness.run task=finetune model=clip data=synthetic        # one stage in this process
+  python -m harness.run task=eval model=clip data=synthetic task.init_from=<finetune run dir>
+  python -m harness.run grid=smoke cluster=slurm            # submit the whole DAG to SLURM (afterok)
+  python -m harness.run grid=smoke cluster=slurm cluster.wait=true     # ... and block until it ends
+  python -m harness.run print_config=true model=clip scale=paper       # the composed config
+  python -m harness.report [--grids NAME ...] [k=v ...]     # rebuild tables and figures from runs/
+"""
+
+
+def usage() -> str:
+    """What ``--help`` (or no argument at all) prints: commands, then each group's choices."""
+    groups = "\n".join(f"  {group + '=':9}{' | '.join(group_choices(group))}" for group in GROUPS)
+    return (f"usage: python -m harness.run key=value [key=value ...]\n\n{COMMANDS}\n"
+            f"config groups (group=choice):\n{groups}\n\n"
+            "Any config key can be set (scale.train.steps=1000, model.embed_dim=256); "
+            "+key=value adds a new key.\nStage status words: done, running, interrupted, "
+            "failed, pending.\n")
 
 
 def missing_data(plan: Sequence[PlannedStage]) -> list[str]:
@@ -55,10 +78,15 @@ def _run_grid(cfg: DictConfig, overrides: Sequence[str]) -> int:
           f"(cluster={cfg.cluster.name})", flush=True)
     if cfg.cluster.name == "slurm":
         return _submit(cfg, grid, plan, run_root)
-    from harness.launch.executor import run_local
+    from harness.launch.executor import GridInterrupted, run_local
 
-    report = run_local(plan, run_root, grid["name"], in_job=cfg.cluster.name == "debug",
-                       workers=int(cfg.cluster.get("workers", 1)))
+    try:
+        report = run_local(plan, run_root, grid["name"], in_job=cfg.cluster.name == "debug",
+                           workers=int(cfg.cluster.get("workers", 1)))
+    except GridInterrupted as stop:
+        print(f"[grid] stopped by {stop}: its stages were stopped and waited for; the same "
+              f"command resumes (interrupted stages rerun)", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     print(report.summary(), flush=True)
     _tables(grid, plan, Path(cfg.results_dir))
     return 0 if report.ok else 1
@@ -90,6 +118,10 @@ def _tables(grid: dict, plan: Sequence[PlannedStage], results_dir: Path) -> None
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if not overrides or any(arg in ("-h", "--help", "help") for arg in overrides):
+        # No argument used to start a default fine-tune in the current directory.
+        print(usage(), end="")
+        return 0 if overrides else 2
     try:
         cfg = compose(overrides)
         if cfg.print_config:
@@ -105,9 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:  # checkpoint written: rerunning the command resumes
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return REQUEUE_EXIT
-    except UnknownNameError as exc:
+    except (UnknownNameError, ConfigValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StageBusy as exc:
+        print(f"error: {exc}; not run", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

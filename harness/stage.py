@@ -21,6 +21,7 @@ from harness.eval.features import feature_key
 from harness.eval.results import make_result, write_result
 from harness.eval.run_eval import evaluate_cross, evaluate_dual
 from harness.interfaces import is_cross_encoder
+from harness.launch.lock import acquire, owner_identity
 from harness.launch.provenance import environment
 from harness.launch.store import (
     DONE_MARKER,
@@ -29,6 +30,7 @@ from harness.launch.store import (
     atomic_write_json,
     atomic_write_text,
     mark,
+    owner_alive,
     stage_dir,
     stage_status,
 )
@@ -248,8 +250,10 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
               force: bool = False) -> Path:
     """Run the stage ``cfg`` describes unless it is already done; returns its directory.
 
-    Under a multi-process launcher every rank runs this; only rank 0 writes the run
-    directory's records (config, env, markers, result), the others only compute.
+    The runner owns the stage directory for the whole run (:mod:`harness.launch.lock`); a
+    stage another live runner owns raises :class:`~harness.launch.lock.StageBusy`. Under a
+    multi-process launcher every rank runs this; only rank 0 takes the lock and writes the
+    run directory's records (config, env, markers, result), the others only compute.
     """
     from harness.train.distributed import world_info_from_env
 
@@ -261,13 +265,27 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
         return run_dir
     main = world_info_from_env().is_main
     job_id = os.environ.get("SLURM_JOB_ID")
+    lock = acquire(run_dir, job_id=job_id, alive=owner_alive) if main else None
+    try:
+        # Another runner may have finished the stage between the check above and the lock.
+        if lock is not None and stage_status(run_dir) == "done" and not force:
+            print(f"[stage] {run_dir.name}: already done, skipped", flush=True)
+            return run_dir
+        return _run_owned(cfg, run_dir, run_root, grid=grid, main=main, job_id=job_id)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_owned(cfg: DictConfig, run_dir: Path, run_root: Path, *, grid: str | None,
+               main: bool, job_id: str | None) -> Path:
+    """The body of :func:`run_stage`, run while this process owns ``run_dir``."""
     env = environment()
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         atomic_write_text(run_dir / "resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         atomic_write_json(run_dir / "env.json", env)
-        mark(run_dir, RUNNING_MARKER, job_id=job_id, pid=os.getpid())
+        mark(run_dir, RUNNING_MARKER, **owner_identity(job_id))
         print(f"[stage] {run_dir.name}: running {cfg.task.name}", flush=True)
     try:
         _prepare_data(cfg)
@@ -279,10 +297,14 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
                 protocol=out.pop("protocol", None), metrics=out.pop("metrics", None),
                 efficiency=out.pop("efficiency", None), train=out.pop("train", None), env=env,
                 extra=out))
-    except Preempted:
-        # Not a failure: the checkpoint is saved and the job will be requeued (or rerun).
+    except (Preempted, KeyboardInterrupt) as exc:
+        # Not a failure: a preempted stage has its checkpoint and will be requeued or rerun;
+        # an interrupted one (Ctrl-C, the grid stopping) is rerun next time. The marker names
+        # this process, so once it has exited the stage reads `interrupted`, not `running`.
         if main:
-            mark(run_dir, RUNNING_MARKER, job_id=job_id, preempted=True)
+            mark(run_dir, RUNNING_MARKER, **owner_identity(job_id),
+                 **({"preempted": True} if isinstance(exc, Preempted) else
+                    {"interrupted": type(exc).__name__}))
         raise
     except BaseException as exc:
         if main:

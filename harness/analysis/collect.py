@@ -33,13 +33,14 @@ import pandas as pd
 import yaml
 
 from harness.launch.grid import TRAINING_TASKS, PlannedStage
+from harness.launch.lock import LOCK_FILE
 from harness.launch.store import (
     DONE_MARKER,
     FAILED_MARKER,
     RUNNING_MARKER,
     atomic_write_text,
     read_marker,
-    stage_status,
+    stage_state,
 )
 
 #: Status of a planned stage whose run directory does not exist (never run or never submitted).
@@ -70,7 +71,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` looks like a stage directory (a marker, a result or an env record)."""
-    names = (DONE_MARKER, FAILED_MARKER, RUNNING_MARKER, "result.json", "env.json")
+    names = (DONE_MARKER, FAILED_MARKER, RUNNING_MARKER, LOCK_FILE, "result.json", "env.json")
     return path.is_dir() and any((path / name).exists() for name in names)
 
 
@@ -189,12 +190,14 @@ def result_row(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_stage(run_dir: Path) -> dict[str, Any]:
     """One collected row for a stage directory, whatever its status."""
-    status = stage_status(run_dir) if run_dir.is_dir() else MISSING
+    status, why = stage_state(run_dir) if run_dir.is_dir() else (MISSING, None)
     row: dict[str, Any] = {"stage_id": run_dir.name, "run_dir": str(run_dir), "status": status,
                            "error": None, "has_result": False}
     if status == "failed":
         info = read_marker(run_dir, FAILED_MARKER)
         row["error"] = info.get("error") or "failed (no error recorded)"
+    elif status == "interrupted":
+        row["error"] = why
     result = _read_json(run_dir / "result.json") if status == "done" else None
     if result is not None:
         row.update(result_row(result), has_result=True)

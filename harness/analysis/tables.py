@@ -108,6 +108,7 @@ def status_text(row: Mapping[str, Any]) -> str:
     reason = {"missing": "missing: never run (no run directory)"
                          + (f"; {error}" if error else ""),
               "pending": "pending: not started", "running": "running: no result yet",
+              "interrupted": f"interrupted (reruns next time): {error}",
               "failed": f"failed: {error if len(error) <= 90 else error[:89] + '…'}", "done": f"no result: {error}"}
     return reason.get(str(status), str(status))
 

@@ -1,8 +1,9 @@
-"""The ``result.json`` schema: one record per stage, the only thing analysis reads."""
+"""The ``result.json`` schema: one record per stage, written here and validated before use."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,3 +43,38 @@ def write_result(run_dir: Path, result: Mapping[str, Any]) -> Path:
     path = run_dir / "result.json"
     atomic_write_json(path, result)
     return path
+
+
+def result_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir/result.json`` is not a valid record (missing, truncated, wrong schema or
+    another stage's), or None when it is one."""
+    path = run_dir / "result.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "result.json is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"result.json is unreadable ({exc})"
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        return f"result.json is not valid JSON ({exc})"
+    if not isinstance(record, dict):
+        return "result.json is not a JSON object"
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        return f"result.json lacks keys {missing}"
+    if record["schema_version"] != SCHEMA_VERSION:
+        return (f"result.json has schema_version {record['schema_version']!r}, "
+                f"expected {SCHEMA_VERSION}")
+    if record["stage_id"] != run_dir.name:
+        return f"result.json belongs to stage {record['stage_id']!r}"
+    return None
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    """The validated record of a stage; ValueError naming the file and the problem otherwise."""
+    problem = result_problem(run_dir)
+    if problem is not None:
+        raise ValueError(f"{run_dir}: {problem}")
+    return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from harness.launch.grid import PlannedStage
+from harness.launch.lock import StageBusy
 from harness.launch.store import FAILED_MARKER, read_marker
 
 # Stages whose result includes timings (latency, protocol seconds): with parallel workers they
@@ -25,26 +29,66 @@ class GridReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     blocked: dict[str, str] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """True when no stage failed or was blocked by a failed dependency."""
-        return not self.failed and not self.blocked
+        """True when every stage is done: none failed, blocked or left to another runner."""
+        return not self.failed and not self.blocked and not self.held
 
     def summary(self) -> str:
         """Multi-line human summary, failures with their log paths."""
         lines = [f"{len(self.done)} ran, {len(self.skipped)} already done, "
-                 f"{len(self.failed)} failed, {len(self.blocked)} not run (dependency failed)"]
+                 f"{len(self.failed)} failed, {len(self.blocked)} not run (dependency failed)"
+                 + (f", {len(self.held)} left to another runner" if self.held else "")]
         lines += [f"  FAILED {name}: {why}" for name, why in self.failed.items()]
         lines += [f"  NOT RUN {name}: {why}" for name, why in self.blocked.items()]
+        lines += [f"  HELD {name}: {why}" for name, why in self.held.items()]
         return "\n".join(lines)
 
 
+class GridInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the grid process; its stages were stopped and waited for."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`GridInterrupted` in the main thread."""
+    def handle(signum: int, frame: Any) -> None:
+        raise GridInterrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; its owner handles signals then
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handle) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run_in_job(overrides: Sequence[str], run_root: str, grid: str) -> str:
-    """Module-level so a spawned worker process can unpickle it."""
+    """One stage through the job object a SLURM job runs (cluster=debug)."""
     from harness.launch.slurm import StageJob
 
     return StageJob(overrides, run_root, grid)()
+
+
+def _run_in_worker(overrides: Sequence[str], run_root: str, grid: str) -> str:
+    """One stage, composed and run in this (worker) process."""
+    from harness.config import compose
+    from harness.stage import run_stage
+
+    return str(run_stage(compose(overrides), Path(run_root), grid=grid))
 
 
 def launchable(ready: Sequence[PlannedStage], running_tasks: Sequence[str]
@@ -64,8 +108,11 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
     return max(1, cpus // max(1, workers))
 
 
-def _limit_threads(threads: int) -> None:
-    """Worker initializer: before torch loads, so its OpenMP pool takes the smaller size."""
+def _init_worker(threads: int) -> None:
+    """Worker initializer: thread limits before torch loads, so its OpenMP pool takes the
+    smaller size; Ctrl-C is left to the grid process, which stops workers with SIGTERM (the
+    training loop then checkpoints at a step boundary instead of dying mid-step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
     import torch
@@ -79,10 +126,13 @@ def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
 
     ``workers > 1`` runs independent stages at once, each in its own process with its share
     of the CPUs as torch threads; ``in_job`` runs each stage through the job object a SLURM
-    job would run (cluster=debug).
+    job would run (cluster=debug). A stage another live runner owns is left to it (``held``),
+    with its dependents. SIGINT or SIGTERM stops the grid: running stages are sent SIGTERM
+    and waited for, then :class:`GridInterrupted` is raised.
     """
     report = GridReport()
     broken: set[Path] = set()
+    held: set[Path] = set()
     finished: set[Path] = set()
     pending = list(plan)
 
@@ -90,11 +140,14 @@ def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
         if error is None:
             report.done.append(stage.run_dir.name)
             finished.add(stage.run_dir)
-            return
-        info = read_marker(stage.run_dir, FAILED_MARKER)
-        report.failed[stage.run_dir.name] = (f"{type(error).__name__}: {error} "
-                                             f"(log: {info.get('log')})")
-        broken.add(stage.run_dir)
+        elif isinstance(error, StageBusy):
+            report.held[stage.run_dir.name] = str(error)
+            held.add(stage.run_dir)
+        else:
+            info = read_marker(stage.run_dir, FAILED_MARKER)
+            report.failed[stage.run_dir.name] = (f"{type(error).__name__}: {error} "
+                                                 f"(log: {info.get('log')})")
+            broken.add(stage.run_dir)
 
     def ready() -> list[PlannedStage]:
         """Stages whose parent is settled; blocked and done ones are settled here too."""
@@ -104,6 +157,10 @@ def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
             if parent in broken:
                 report.blocked[stage.run_dir.name] = f"depends on {parent.name}"
                 broken.add(stage.run_dir)
+            elif parent in held:
+                report.held[stage.run_dir.name] = (f"waits for {parent.name}, which another "
+                                                   f"runner holds")
+                held.add(stage.run_dir)
             elif stage.status() == "done":
                 report.skipped.append(stage.run_dir.name)
                 finished.add(stage.run_dir)
@@ -115,38 +172,121 @@ def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
             pending.remove(stage)
         return out
 
-    if workers <= 1:
-        from harness.stage import run_stage  # heavy imports only when something really runs
+    with stop_on_signals():
+        if workers <= 1:
+            _run_sequential(pending, ready, settle, run_root, grid, in_job)
+        else:
+            _run_parallel(pending, ready, settle, run_root, grid, workers)
+    return report
 
-        while pending:
-            batch = ready()
-            if not batch:
-                break
-            for stage in batch:
-                pending.remove(stage)
-                try:
-                    if in_job:
-                        _run_in_job(stage.overrides, str(run_root), grid)
-                    else:
-                        run_stage(stage.cfg, run_root, grid=grid)
-                    settle(stage, None)
-                except Exception as exc:  # one failed stage must not lose the others' work
-                    settle(stage, exc)
-        return report
 
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+def _run_sequential(pending: list[PlannedStage], ready: Any, settle: Any, run_root: Path,
+                    grid: str, in_job: bool) -> None:
+    from harness.stage import run_stage  # heavy imports only when something really runs
+    from harness.train.loop import Preempted
+
+    while pending:
+        batch = ready()
+        if not batch:
+            break
+        for stage in batch:
+            pending.remove(stage)
+            try:
+                if in_job:
+                    _run_in_job(stage.overrides, str(run_root), grid)
+                else:
+                    run_stage(stage.cfg, run_root, grid=grid)
+                settle(stage, None)
+            except Preempted as exc:
+                # The loop took the SIGTERM meant for the grid: stop, do not go on to the next
+                # stage (the stage has its checkpoint and reads `interrupted`).
+                raise GridInterrupted(signal.SIGTERM) from exc
+            except Exception as exc:  # one failed stage must not lose the others' work
+                settle(stage, exc)
+
+
+def _run_parallel(pending: list[PlannedStage], ready: Any, settle: Any, run_root: Path,
+                  grid: str, workers: int) -> None:
+    # One spawned process per stage (fork would copy torch's thread pools): it exits when its
+    # stage ends, so stopping the grid is "SIGTERM each, wait for each" with nothing left
+    # behind; a pool's workers would outlive a stage that caught the SIGTERM.
+    context = multiprocessing.get_context("spawn")
     # Each process would otherwise start one thread per core: N workers x N threads on N
     # cores spin against each other and run several times slower than one stage alone.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_limit_threads,
-                             initargs=(threads_per_worker(workers),)) as pool:
-        running: dict[Future, PlannedStage] = {}
+    threads = threads_per_worker(workers)
+    running: dict[Any, tuple[PlannedStage, Any, Any]] = {}  # sentinel -> stage, process, pipe
+    try:
         while pending or running:
-            for stage in launchable(ready(), [s.task for s in running.values()]):
+            free = workers - len(running)
+            for stage in launchable(ready(), [s.task for s, _, _ in running.values()])[:free]:
                 pending.remove(stage)
-                running[pool.submit(_run_in_job, stage.overrides, str(run_root), grid)] = stage
+                reader, writer = context.Pipe(duplex=False)
+                proc = context.Process(target=_stage_process, name=stage.run_dir.name,
+                                       args=(stage.overrides, str(run_root), grid, threads,
+                                             writer))
+                proc.start()
+                writer.close()  # the child's copy is the only writer: EOF when it dies
+                running[proc.sentinel] = (stage, proc, reader)
             if not running:
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                settle(running.pop(future), future.exception())
-    return report
+            for sentinel in connection_wait(list(running)):
+                stage, proc, reader = running.pop(sentinel)
+                proc.join()
+                settle(stage, _outcome(proc, reader))
+    except BaseException:
+        # The grid is stopping (a signal, an error here): its stage processes must not run on
+        # unobserved. SIGTERM makes a training stage checkpoint and stop at a step boundary.
+        stop_processes([proc for _, proc, _ in running.values()])
+        raise
+
+
+def _stage_process(overrides: Sequence[str], run_root: str, grid: str, threads: int,
+                   conn: Any) -> None:
+    """A stage process's body: run the stage, send back None or the exception."""
+    _init_worker(threads)
+    outcome: BaseException | None = None
+    try:
+        _run_in_worker(overrides, run_root, grid)
+    except BaseException as exc:  # reported to the grid, which decides what it means
+        outcome = exc
+    try:
+        conn.send(outcome)
+    except Exception:  # an exception that does not pickle: send its text
+        conn.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
+    conn.close()
+
+
+def _outcome(proc: Any, reader: Any) -> BaseException | None:
+    """What a finished stage process reported, or why it could not report."""
+    try:
+        if reader.poll():
+            return reader.recv()
+    except (EOFError, OSError):
+        pass
+    finally:
+        reader.close()
+    return RuntimeError(f"stage process {proc.pid} exited with code {proc.exitcode} "
+                        f"without a result")
+
+
+def stop_processes(procs: Sequence[Any]) -> None:
+    """SIGTERM each stage process and wait for it; a second signal meanwhile kills them."""
+    for proc in procs:
+        _send(proc.pid, signal.SIGTERM)
+    try:
+        for proc in procs:
+            proc.join()
+    except GridInterrupted:
+        for proc in procs:
+            _send(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            proc.join()
+
+
+def _send(pid: int | None, sig: int) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

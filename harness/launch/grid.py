@@ -47,7 +47,7 @@ class PlannedStage:
     parent: PlannedStage | None
 
     def status(self) -> Status:
-        """done / running / failed / pending, from the run directory."""
+        """done / running / interrupted / failed / pending, from the run directory."""
         return stage_status(self.run_dir)
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from harness.atomic import atomic_write
+from harness.launch.lock import describe, pid_alive, read_owner
 
-Status = Literal["done", "running", "failed", "pending"]
+Status = Literal["done", "running", "interrupted", "failed", "pending"]
 
 DONE_MARKER = "COMPLETE"
 FAILED_MARKER = "FAILED"
@@ -106,32 +107,55 @@ def slurm_job_state(job_id: str) -> str | None:
     return None
 
 
-def _owner_alive(info: dict[str, Any]) -> bool:
-    """Whether the job or process that wrote a RUNNING marker can still finish the stage."""
+def owner_alive(info: Mapping[str, Any]) -> bool:
+    """Whether the job or process named in a marker or lock can still finish the stage."""
     if info.get("job_id"):
         state = slurm_job_state(str(info["job_id"]))
-        return state is None or state in ALIVE_JOB_STATES  # unknown: trust the marker
-    if info.get("pid") and info.get("host") == socket.gethostname():
-        return Path(f"/proc/{info['pid']}").exists()
-    return True
+        if state is not None:
+            return state in ALIVE_JOB_STATES
+    alive = pid_alive(info)
+    if alive is not None:
+        return alive
+    # Another host's process cannot be checked from here: trust it while it names one; a
+    # marker that names no owner at all (older local runs) has nobody to wait for.
+    return bool(info.get("pid") or info.get("job_id"))
+
+
+def stage_state(run_dir: Path) -> tuple[Status, str | None]:
+    """A stage's status and, when it is not plainly done or pending, why.
+
+    ``done`` needs the ``COMPLETE`` marker *and* a valid ``result.json``. ``running`` means a
+    live owner: a process holding the stage's lock, or a queued or running SLURM job.
+    ``interrupted`` means its owner is gone without a verdict (killed, preempted and not
+    requeued, a truncated record): the next run reruns it. A SLURM job dropped before it
+    started (its dependency failed) leaves a stage ``pending``.
+    """
+    from harness.eval.results import result_problem
+
+    if (run_dir / DONE_MARKER).is_file():
+        problem = result_problem(run_dir)
+        if problem is None:
+            return "done", None
+        return "interrupted", f"{DONE_MARKER} marker but {problem}"
+    if (run_dir / FAILED_MARKER).is_file():
+        return "failed", read_marker(run_dir, FAILED_MARKER).get("error")
+    owner = read_owner(run_dir)
+    if owner:
+        if owner_alive(owner):
+            return "running", f"owned by {describe(owner)}"
+        return "interrupted", f"its owner ({describe(owner)}) is gone"
+    if (run_dir / RUNNING_MARKER).is_file():
+        info = read_marker(run_dir, RUNNING_MARKER)
+        if owner_alive(info):
+            return "running", f"owned by {describe(info)}"
+        if (run_dir / "env.json").is_file():
+            return "interrupted", f"its owner ({describe(info)}) is gone"
+    return "pending", None
 
 
 def stage_status(run_dir: Path) -> Status:
-    """done / failed / running / pending, from the markers and the liveness of their owner.
-
-    A stage whose job or process died without a verdict counts as failed when it had
-    started (``env.json`` exists) and as pending when it never started (e.g. a job SLURM
-    dropped because its dependency failed).
-    """
-    if (run_dir / DONE_MARKER).is_file():
-        return "done"
-    if (run_dir / FAILED_MARKER).is_file():
-        return "failed"
-    if (run_dir / RUNNING_MARKER).is_file():
-        if _owner_alive(read_marker(run_dir, RUNNING_MARKER)):
-            return "running"
-        return "failed" if (run_dir / "env.json").is_file() else "pending"
-    return "pending"
+    """done / running / interrupted / failed / pending (see :func:`stage_state`)."""
+    return stage_state(run_dir)[0]
 
 
 def mark(run_dir: Path, marker: str, **info: Any) -> None:
