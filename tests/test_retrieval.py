@@ -210,10 +210,42 @@ def test_embedding_path_ranks_one_matrix_if_blas_rounds_by_shape(monkeypatch) ->
         assert_ranks_equal(retrieval_ranks_from_embeddings(img, txt, txt2img, chunk), want)
 
 
+def fp16_rounding_problem(
+    seed: int, n_images: int = 30, per_image: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp16 embeddings whose dot products are exact in fp32 but not in fp16.
+
+    Entries are 1 + a/1024 (two dims) and b/2048 (two dims), a, b in 0..3: every product and
+    sum needs at most 22 mantissa bits (exact in fp32), while fp16 keeps 11, so near-equal
+    scores collapse into ties, and ranks change, when the GEMM runs in fp16.
+    """
+    g = torch.Generator().manual_seed(seed)
+    txt2img = torch.arange(n_images).repeat_interleave(per_image)
+
+    def embeddings(n: int) -> torch.Tensor:
+        big = 1 + torch.randint(0, 4, (n, 2), generator=g) * 2.0**-10
+        small = torch.randint(0, 4, (n, 2), generator=g) * 2.0**-11
+        return torch.cat([big, small], 1).half()
+
+    return embeddings(n_images), embeddings(n_images * per_image), txt2img
+
+
 def test_half_precision_embeddings_are_scored_in_fp32() -> None:
-    img, txt, txt2img = quantised_problem(2, n_images=30)
-    want = retrieval_ranks_from_embeddings(img, txt, txt2img)
-    assert_ranks_equal(retrieval_ranks_from_embeddings(img.half(), txt.bfloat16(), txt2img), want)
+    img, txt, txt2img = fp16_rounding_problem(0)
+    want = reference_ranks(img.double() @ txt.double().T, txt2img)
+    assert_ranks_equal(reference_ranks(img.float() @ txt.float().T, txt2img), want)
+    # The inputs discriminate: scored in fp16, many ranks differ from the exact ones.
+    in_fp16 = reference_ranks((img @ txt.T).float(), txt2img)
+    assert not torch.equal(in_fp16[0], want[0]) and not torch.equal(in_fp16[1], want[1])
+    assert_ranks_equal(retrieval_ranks_from_embeddings(img, txt, txt2img, chunk_size=7), want)
+    # bfloat16 keeps 8 bits: its own rounded values, scored exactly, are the reference.
+    img_b, txt_b = img.bfloat16(), txt.bfloat16()
+    assert_ranks_equal(retrieval_ranks_from_embeddings(img_b, txt_b, txt2img),
+                       reference_ranks(img_b.double() @ txt_b.double().T, txt2img))
+    # Caption-to-caption ranking upcasts the same way.
+    groups = txt2img
+    exact = multi_positive_ranks(txt.double(), txt.double(), groups, groups, True, 16)
+    assert torch.equal(multi_positive_ranks(txt, txt, groups, groups, True, 16), exact)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
