@@ -361,7 +361,9 @@ def test_dual_encoder_costs_measured_within_budget() -> None:
     assert index["image"]["units"] == 10 and index["image"]["batch_size"] == 4
     assert index["text"]["units"] == 30 and index["text"]["batch_size"] == 6
     assert ranking["t2i"]["units"] == 30
-    assert costs["total_s"] == pytest.approx(index["seconds"] + ranking["seconds"])
+    parts = [index["image"], index["text"], ranking["i2t"], ranking["t2i"]]
+    assert index["seconds"] == index["image"]["seconds"] + index["text"]["seconds"]
+    assert costs["total_s"] == pytest.approx(sum(p["seconds"] for p in parts))
     assert costs["query"]["t2i"]["p90_s"] >= costs["query"]["t2i"]["median_s"] > 0
     assert costs["embed_dim"] == 16 and costs["hardware"]
     json.dumps(costs)
@@ -389,14 +391,68 @@ def test_cross_encoder_costs_and_the_inference_time_ratio() -> None:
     assert full["pairs"]["units"] == 1000 * 5000
     assert full["pairs"]["status"] == full["status"] == "extrapolated"  # 5M pairs in 0.2 s: no
     assert full["pairs"]["sample_units"] % 64 == 0
+    # Totals are the sums of their timed parts: features are encoded in both modes.
+    features = cross["features"]["image"]["seconds"] + cross["features"]["text"]["seconds"]
+    assert cross["features"]["seconds"] == pytest.approx(features) and features > 0
+    assert full["total_s"] == pytest.approx(features + full["pairs"]["seconds"])
     rerank = cross["topk_rerank"]
     assert rerank["pairs"]["units"] == 4 * (1000 + 5000)
     assert rerank["first_stage_s"] == dual["total_s"]
-    assert rerank["total_s"] > dual["total_s"]
+    assert rerank["total_s"] == pytest.approx(
+        features + rerank["pairs"]["seconds"] + dual["total_s"])
     ratio = eff.inference_time_ratio(dual, cross)
-    assert 0 < ratio["ratio"] < 1 and ratio["same_hardware"]
+    assert ratio["cross_mode"] == "full_scoring"
+    assert ratio["ratio"] == pytest.approx(dual["total_s"] / full["total_s"])
+    assert ratio["cross_total_s"] == full["total_s"] and ratio["same_hardware"]
     assert ratio["status"] == "extrapolated"
     json.dumps(cross)
+
+
+# ------------------------------------------------- the cost model on a clock with known costs
+
+#: Seconds per unit of each kind of workload: binary fractions, so every sum below is exact.
+UNIT_SECONDS = {"images": 2.0**-1, "texts": 2.0**-2, "pairs": 2.0**-10, "queries": 2.0**-12}
+
+
+def _fixed_clock_workload(step, *, units: int, batch_size: int, unit: str = "items",
+                          **_: object) -> dict[str, object]:
+    """time_workload on a fake clock: every unit of a kind costs UNIT_SECONDS[kind]."""
+    seconds = units * UNIT_SECONDS[unit]
+    return {"status": "measured", "seconds": seconds, "unit": unit, "units": units,
+            "seconds_per_unit": UNIT_SECONDS[unit], "batch_size": batch_size,
+            "requested_batch_size": batch_size, "sample_units": units,
+            "sample_seconds": seconds}
+
+
+def test_protocol_totals_equal_hand_computed_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eff, "time_workload", _fixed_clock_workload)
+    images, tokens = _dual_batch()
+    dual = eff.dual_encoder_costs(ToyDual(), images, tokens, protocol="flickr30k_1k",
+                                  device=CPU, budget_s=1.0, query_repeats=2)
+    cross = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
+                                    device=CPU, budget_s=1.0, pair_batch_size=8, k=4,
+                                    first_stage=dual)
+    # By hand, Flickr30K 1K (1,000 images, 5,000 texts):
+    # dual: encode 1000 x 0.5 + 5000 x 0.25 = 1750 s; rank 6000 queries x 2^-12 s.
+    dual_s = 1750 + 6000 / 4096
+    assert dual["total_s"] == dual_s == 1751.46484375
+    # cross, full scoring: features 1750 s + 5,000,000 pairs x 2^-10 s.
+    full_s = 1750 + 5_000_000 / 1024
+    assert cross["full_scoring"]["total_s"] == full_s == 6632.8125
+    # cross, top-4 re-ranking: features + 4 x 6000 pairs + the dual first stage.
+    rerank_s = 1750 + 24_000 / 1024 + dual_s
+    assert cross["topk_rerank"]["total_s"] == rerank_s == 3524.90234375
+    assert cross["full_scoring"]["per_query_s"] == {"i2t": 5000 / 1024, "t2i": 1000 / 1024}
+    # The ratio is against full scoring unless re-ranking is asked for by name.
+    assert eff.inference_time_ratio(dual, cross)["ratio"] == dual_s / full_s
+    reranked = eff.inference_time_ratio(dual, cross, cross_mode="topk_rerank")
+    assert (reranked["ratio"], reranked["cross_mode"]) == (dual_s / rerank_s, "topk_rerank")
+    # A first stage given as bare seconds is added as given.
+    bare = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
+                                   device=CPU, budget_s=1.0, pair_batch_size=8, k=4,
+                                   first_stage=100.0)["topk_rerank"]
+    assert bare["total_s"] == 1750 + 24_000 / 1024 + 100.0
+    assert bare["per_query_s"] == {"i2t": 4 / 1024, "t2i": 4 / 1024}
 
 
 def test_cross_encoder_full_scoring_measured_when_it_fits() -> None:
