@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from table_cells import latex_rows, markdown_rows, row_by, row_where
 
 from harness.analysis.collect import (
     collect,
@@ -179,17 +180,35 @@ def test_paper_protocol_joins_on_keys_only(args: tuple, joined: tuple | None) ->
 
 # --- retrieval table -------------------------------------------------------------------------
 
+#: Column header of each metric in the Markdown and LaTeX retrieval tables.
+HEADER = {"i2t_R@1": "i2t R@1", "i2t_R@5": "i2t R@5", "i2t_R@10": "i2t R@10",
+          "t2i_R@1": "t2i R@1", "t2i_R@5": "t2i R@5", "t2i_R@10": "t2i R@10", "rsum": "RSUM"}
+DONE_EVALS = (COOKIE_COCO, "eval-cookie-flickr30k-abcd5678", "eval-clip-synthetic-5a5a5a5a")
+
+
 def test_retrieval_numbers_equal_result_files(runs: Path, tmp_path: Path) -> None:
     paths = write_grid_tables(GRID, _plan(runs), tmp_path)
-    md = (tmp_path / "tables" / "table2.md").read_text()
-    csv = pd.read_csv(tmp_path / "tables" / "table2_retrieval.csv")
-    assert tmp_path / "tables" / "table2.md" in paths
-    for name in (COOKIE_COCO, "eval-cookie-flickr30k-abcd5678", "eval-clip-synthetic-5a5a5a5a"):
+    tables = tmp_path / "tables"
+    assert tables / "table2.md" in paths
+    md = markdown_rows((tables / "table2.md").read_text(),
+                       "table2: cross-modal retrieval — fixture grid")
+    tex = latex_rows((tables / "table2_retrieval.tex").read_text())
+    csv = pd.read_csv(tables / "table2_retrieval.csv")
+    assert set(HEADER) == set(METRICS)
+    for name in DONE_EVALS:
         metrics = _result(runs, name)["metrics"]
-        row = csv[(csv["source"] == "harness") & (csv["stage_id"] == name)].iloc[0]
-        for m in METRICS:
-            assert row[m] == metrics[m]
-            assert f"| {metrics[m]:.2f} |" in md or f" {metrics[m]:.2f} " in md
+        md_row, tex_row = row_by(md, "Run", name), row_by(tex, "Run", name)
+        csv_row = csv[(csv["source"] == "harness") & (csv["stage_id"] == name)]
+        assert len(csv_row) == 1
+        for m, header in HEADER.items():
+            # Each cell under its own header, in every format, for this stage only.
+            assert md_row[header] == f"{metrics[m]:.2f}", (name, header)
+            assert tex_row[header] == f"{metrics[m]:.2f}", (name, header)
+            assert csv_row[m].iloc[0] == metrics[m], (name, m)
+    # Rows without a result print no number under any metric header.
+    for name in ("eval-single_stream-coco-dddd4444", "eval-clip-coco-eeee5555"):
+        assert {row_by(md, "Run", name)[h] for h in HEADER.values()} == {""}
+        assert {row_by(tex, "Run", latex_escape(name))[h] for h in HEADER.values()} == {""}
 
 
 def test_paper_rows_carry_status_marks_and_legend(collected: pd.DataFrame,
@@ -306,6 +325,62 @@ def test_cost_table_labels_measured_and_extrapolated(collected: pd.DataFrame,
     assert "measured (this split)" in {r[12] for r in table.sections[0].rows}
     bench = data[data["stage_id"] == "bench-clip-synthetic-b3b3b3b3"].iloc[0]
     assert bench["protocol"] == "custom_50x250"
+
+
+#: Cost-table cells of the fixture's timed protocols, by hand from their result.json files:
+#: (model, protocol, mode) -> {header: printed value}. Seconds to 4 significant figures,
+#: query seconds in ms to 3, parameters in millions to 4, GFLOPs to 3.
+COST_CELLS = {
+    ("cookie", "coco_5k (5000/25000)", "index + rank"): {
+        "Params (M)": "147.2", "GFLOPs / image": "12.3", "GFLOPs / text": "2.1",
+        "GFLOPs / pair": "", "Index (s)": "61.5", "Query i2t (ms)": "4.2",
+        "Query t2i (ms)": "3.1", "Total (s)": "61.75", "Timing": "measured"},
+    ("single_stream", "flickr30k_1k (1000/5000)", "full scoring"): {
+        "Params (M)": "111", "GFLOPs / image": "9", "GFLOPs / text": "0.8",
+        "GFLOPs / pair": "15", "Index (s)": "3", "Query i2t (ms)": "2500",
+        "Query t2i (ms)": "12500", "Total (s)": "12503", "Timing": "extrapolated"},
+    ("single_stream", "flickr30k_1k (1000/5000)", "top-k rerank"): {
+        "Index (s)": "3", "Query i2t (ms)": "64", "Query t2i (ms)": "64", "Total (s)": "21",
+        "Timing": "measured"},
+}
+#: Ratio-table cells: (protocol, cross-encoder (mode)) -> {header: printed value}.
+RATIO_CELLS = {
+    ("flickr30k_1k", "single_stream (full scoring)"): {
+        "Dual encoder": "cookie", "Dual total (s)": "12.55", "Cross total (s)": "12503",
+        "Ratio dual / cross": "0.001", "Timing": "extrapolated"},  # 12.55 / 12503
+    ("flickr30k_1k", "single_stream (top-k rerank)"): {
+        "Dual encoder": "cookie", "Dual total (s)": "12.55", "Cross total (s)": "21",
+        "Ratio dual / cross": "0.598", "Timing": "extrapolated"},  # 12.55 / 21
+}
+
+
+def test_cost_and_ratio_cells_sit_under_their_headers(runs: Path, tmp_path: Path) -> None:
+    write_grid_tables(GRID, _plan(runs), tmp_path)
+    tables = tmp_path / "tables"
+    md_text = (tables / "table2.md").read_text()
+    formats = {
+        "md": (markdown_rows(md_text, "table2: retrieval cost per model"),
+               markdown_rows(md_text, "table2: dual vs cross-encoder inference time"), str),
+        "tex": (latex_rows((tables / "table2_cost.tex").read_text()),
+                latex_rows((tables / "table2_ratio.tex").read_text()), latex_escape),
+    }
+    for fmt, (cost_rows, ratio_rows, esc) in formats.items():
+        for (model, protocol, mode), cells in COST_CELLS.items():
+            row = row_where(cost_rows, {"Model": esc(model), "Protocol (img/txt)": esc(protocol),
+                                        "Mode": esc(mode)})
+            assert {h: row[h] for h in cells} == {h: esc(v) for h, v in cells.items()}, fmt
+        for (protocol, cross), cells in RATIO_CELLS.items():
+            row = row_where(ratio_rows, {"Protocol": esc(protocol),
+                                         "Cross-encoder (mode)": esc(cross)})
+            assert {h: row[h] for h in cells} == {h: esc(v) for h, v in cells.items()}, fmt
+    cost_csv = pd.read_csv(tables / "table2_cost.csv")
+    cookie = cost_csv[(cost_csv["stage_id"] == COOKIE_COCO) & (cost_csv["mode"] == "dual")]
+    assert cookie[["index_s", "total_s", "query_i2t_s", "query_t2i_s"]].values.tolist() == [
+        [61.5, 61.75, 0.0042, 0.0031]]
+    ratio_csv = pd.read_csv(tables / "table2_ratio.csv")
+    full = ratio_csv[ratio_csv["cross_mode"] == "full_scoring"].iloc[0]
+    assert (full["dual_total_s"], full["cross_total_s"]) == (12.55, 12503.0)
+    assert full["ratio"] == 12.55 / 12503.0
 
 
 def test_ratio_table_sits_beside_the_paper_claim(collected: pd.DataFrame,
