@@ -418,3 +418,43 @@ def test_summarize_rejects_empty_ranks() -> None:
     with pytest.raises(ValueError, match="empty"):
         summarize_ranks(torch.tensor([], dtype=torch.long))
     assert math.isclose(summarize_ranks(torch.tensor([4]))["meanr"], 4.0)
+
+
+# ------------------------------------------------------- errors name the argument at fault
+
+
+def test_errors_name_the_argument_at_fault() -> None:
+    img, txt, txt2img = quantised_problem(5, n_images=10)
+    bad_img, bad_txt = img.clone(), txt.clone()
+    bad_img[3, 0], bad_txt[2, 1] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"^img_emb has NaN or inf values \(first in row 3\)"):
+        coco_1k_metrics(bad_img, txt, txt2img)
+    with pytest.raises(ValueError, match=r"^txt_emb has NaN or inf values \(first in row 2\)"):
+        coco_1k_metrics(img, bad_txt, txt2img)
+    groups = txt2img
+    with pytest.raises(ValueError, match=r"^query_emb has NaN"):
+        multi_positive_ranks(torch.full_like(txt, float("nan")), txt, groups, groups)
+    with pytest.raises(ValueError, match=r"^gallery_emb has NaN or inf values \(first in row 2"):
+        multi_positive_ranks(txt, bad_txt, groups, groups)
+    with pytest.raises(ValueError, match=r"^query_group has 3 entries but there are"):
+        multi_positive_ranks(txt, txt, groups[:3], groups)
+    with pytest.raises(ValueError, match=r"^gallery_group must be an integer tensor"):
+        multi_positive_ranks(txt, txt, groups, groups.float())
+    for n_folds in (True, 2.0, -5):
+        with pytest.raises(ValueError, match=r"^n_folds must be a positive integer"):
+            coco_1k_metrics(img, txt, txt2img, n_folds=n_folds)
+
+
+def test_coco_1k_defaults_to_five_folds() -> None:
+    img, txt, txt2img = quantised_problem(6, n_images=10, shuffle=False)
+    assert coco_1k_metrics(img, txt, txt2img) == coco_1k_metrics(img, txt, txt2img, n_folds=5)
+    twelve = quantised_problem(6, n_images=12, shuffle=False)
+    with pytest.raises(ValueError, match="12 images do not split into 5 equal folds"):
+        coco_1k_metrics(*twelve)
+
+
+def test_query_group_missing_from_the_gallery_is_a_clear_error() -> None:
+    emb = torch.eye(3)
+    # The largest group id (9) appears only among the queries.
+    with pytest.raises(ValueError, match=r"query 2 \(group 9\) has no positive in the gallery"):
+        multi_positive_ranks(emb, emb, torch.tensor([0, 1, 9]), torch.tensor([0, 1, 1]))
