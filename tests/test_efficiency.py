@@ -492,3 +492,31 @@ def test_steps_can_be_combined_in_one_count() -> None:
     counts = count_model_flops(ToyDual, {"image": image_step(8), "text": text_step(3)})
     assert set(counts) == {"image", "text"}
     assert all(c.mode == "meta" for c in counts.values())
+
+
+def test_protocol_flops_dicts_by_hand() -> None:
+    # 3 images of 100 FLOPs, 4 texts of 10, 8-dim embeddings: index 340, similarity 2*3*4*8.
+    assert eff.dual_protocol_flops(3, 4, image_flops=100, text_flops=10, embed_dim=8) == {
+        "index_flops": 340, "similarity_flops": 192, "total_flops": 532}
+    # Pairs of 1000 FLOPs: full = 340 + 12 pairs; top-2 = 340 + 2 x 7 pairs + first stage.
+    assert eff.cross_protocol_flops(3, 4, image_flops=100, text_flops=10, pair_flops=1000,
+                                    k=2, first_stage_flops=532) == {
+        "feature_flops": 340, "full_scoring_flops": 12_340, "topk_rerank_flops": 14_872}
+    assert eff.cross_protocol_flops(3, 4, image_flops=100, text_flops=10, pair_flops=1000,
+                                    k=2) == {
+        "feature_flops": 340, "full_scoring_flops": 12_340, "topk_rerank_flops": 14_340}
+    assert "topk_rerank_flops" not in eff.cross_protocol_flops(
+        3, 4, image_flops=100, text_flops=10, pair_flops=1000)
+
+
+def test_efficiency_block_holds_what_it_was_given() -> None:
+    costs = {"coco_5k": {"kind": "dual_encoder", "total_s": 1.5}}
+    block = eff.efficiency_block(device=CPU, precision="bf16", params={"image": 3, "total": 3},
+                                 flops={"image_encode_flops": 7}, costs=costs)
+    assert block["precision"] == "bf16" and block["flops_convention"] == FLOPS_CONVENTION
+    assert block["params"] == {"image": 3, "total": 3}
+    assert block["flops"] == {"image_encode_flops": 7}
+    assert block["protocols"] == costs and block["protocols"]["coco_5k"] is not costs["coco_5k"]
+    assert block["device"] == "cpu" and block["hardware"]
+    empty = eff.efficiency_block(device=CPU, precision="fp32")
+    assert (empty["params"], empty["flops"], empty["protocols"]) == ({}, {}, {})
