@@ -458,3 +458,31 @@ def test_query_group_missing_from_the_gallery_is_a_clear_error() -> None:
     # The largest group id (9) appears only among the queries.
     with pytest.raises(ValueError, match=r"query 2 \(group 9\) has no positive in the gallery"):
         multi_positive_ranks(emb, emb, torch.tensor([0, 1, 9]), torch.tensor([0, 1, 1]))
+
+
+def test_public_functions_pass_ks_chunk_size_and_device_through() -> None:
+    img, txt, txt2img = quantised_problem(7, n_images=10, shuffle=False)
+    sims = img @ txt.T
+    calls = {
+        "retrieval_metrics": lambda **kw: retrieval_metrics(sims, txt2img, **kw),
+        "from_embeddings": lambda **kw: retrieval_metrics_from_embeddings(img, txt, txt2img, **kw),
+        "coco_1k": lambda **kw: coco_1k_metrics(img, txt, txt2img, **kw),
+    }
+    for name, call in calls.items():
+        assert {k for k in call(ks=(1, 3)) if "R@" in k} == {
+            "i2t_R@1", "i2t_R@3", "t2i_R@1", "t2i_R@3"}, name
+        # An invalid chunk size or device reaches the ranking and is refused there.
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            call(chunk_size=0)
+        if name != "retrieval_metrics":  # ranking a given matrix stays on its device
+            with pytest.raises(RuntimeError, match="bogus"):
+                call(device="bogus")
+
+
+def test_summary_messages_and_odd_median() -> None:
+    with pytest.raises(ValueError, match=r"^ks is empty: give at least one K for recall@K$"):
+        summarize_ranks(torch.tensor([1]), ks=())
+    with pytest.raises(ValueError, match=r"^ranks is empty$"):
+        summarize_ranks(torch.tensor([], dtype=torch.long))
+    # Five distinct ranks: the median is the third smallest, 3.
+    assert summarize_ranks(torch.tensor([10, 1, 4, 2, 3]), ks=(1,))["medr"] == 3.0
