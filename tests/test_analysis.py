@@ -254,6 +254,8 @@ def test_failed_running_and_missing_rows_show_status_not_numbers(
         assert set(by_status[status][5:12]) == {""}
     assert "CUDA out of memory" in by_status["failed"][-2]
     assert by_status["missing"][-1] == "eval-clip-coco-eeee5555"  # the run it would have
+    # A missing stage has no error: its status says so and nothing else (no "; nan").
+    assert by_status["missing"][-2] == "missing: never run (no run directory)"
 
 
 def test_ablation_rows_list_distinguishing_overrides(runs: Path, paper: pd.DataFrame) -> None:
@@ -473,3 +475,32 @@ def test_report_cli_marks_missing_stages(tmp_path: Path, capsys: pytest.CaptureF
     assert str(tmp_path / "res" / "collected.csv") in printed
     md = (tmp_path / "res" / "tables" / "smoke.md").read_text()
     assert "missing: never run" in md and "no paper counterpart" in md
+
+
+# --- whole files -----------------------------------------------------------------------------
+
+EXPECTED = Path(__file__).parent / "fixtures" / "analysis" / "expected"
+
+
+def test_written_tables_equal_the_reviewed_copies(runs: Path, tmp_path: Path) -> None:
+    """Every table file of the fixture grid, byte for byte, against a reviewed copy.
+
+    After an intended change of a table's text, rewrite the copies with
+    ``UPDATE_EXPECTED_TABLES=1 pytest tests/test_analysis.py -k reviewed_copies`` and review
+    the diff before committing it.
+    """
+    import difflib
+    import os
+
+    paths = write_grid_tables(GRID, _plan(runs), tmp_path)
+    assert len(paths) == 9
+    if os.environ.get("UPDATE_EXPECTED_TABLES") == "1":
+        EXPECTED.mkdir(exist_ok=True)
+        for path in paths:
+            (EXPECTED / path.name).write_bytes(path.read_bytes())
+    assert sorted(p.name for p in EXPECTED.iterdir()) == sorted(p.name for p in paths)
+    for path in paths:
+        got, want = path.read_text(), (EXPECTED / path.name).read_text()
+        diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "expected",
+                                              "written", lineterm="", n=1))
+        assert got == want, f"{path.name} differs from its reviewed copy:\n{diff[:3000]}"
