@@ -223,6 +223,14 @@ def test_paper_rows_carry_status_marks_and_legend(collected: pd.DataFrame,
     assert any("† = recalled" in note and "‡ = assumed" in note for note in table.notes)
 
 
+def test_paper_row_status_is_its_weakest_number() -> None:
+    from harness.analysis.tables import PaperRow
+
+    row = PaperRow("table2", "X", statuses={"i2t_R@1": "sourced", "t2i_R@1": "recalled"})
+    assert row.status() == "recalled"
+    assert PaperRow("table2", "X").status() == "sourced"  # no numbers: nothing to weaken it
+
+
 def test_delta_row_is_harness_minus_paper(collected: pd.DataFrame, paper: pd.DataFrame) -> None:
     data = retrieval_table(collected, GRID, paper).data
     delta = data[(data["source"] == "delta") & (data["stage_id"] == COOKIE_COCO)].iloc[0]
@@ -260,13 +268,18 @@ def test_failed_running_and_missing_rows_show_status_not_numbers(
 
 def test_ablation_rows_list_distinguishing_overrides(runs: Path, paper: pd.DataFrame) -> None:
     common = ("task.steps=5",)
-    plan = [_stage(runs, "eval", "cookie", "coco", COOKIE_COCO, overrides=common),
-            _stage(runs, "eval", "cookie", "flickr30k", "eval-cookie-flickr30k-abcd5678",
+    # Fine-tuned parents: the COCO row joins its published protocol, so paper rows appear.
+    ft = _stage(runs, "finetune", "cookie", "coco", "finetune-cookie-coco-aaaa1111")
+    plan = [_stage(runs, "eval", "cookie", "coco", COOKIE_COCO, ft, overrides=common),
+            _stage(runs, "eval", "cookie", "flickr30k", "eval-cookie-flickr30k-abcd5678", ft,
                    overrides=(*common, "model.wst.layers=0"))]
     table = retrieval_table(collect_plan(plan, "ablations"), {"name": "ablations"}, paper)
     assert "Variant" in table.columns
     variants = [r[2] for s in table.sections for r in s.rows if r[0] == "harness"]
     assert variants == ["—", "model.wst.layers=0"]
+    # Paper rows get the Variant column too: every row has one cell per column.
+    assert any(r[0] == "paper" for s in table.sections for r in s.rows)
+    assert all(len(r) == len(table.columns) for s in table.sections for r in s.rows)
 
 
 # --- LaTeX -----------------------------------------------------------------------------------

@@ -453,6 +453,12 @@ def test_protocol_totals_equal_hand_computed_costs(monkeypatch: pytest.MonkeyPat
                                    first_stage=100.0)["topk_rerank"]
     assert bare["total_s"] == 1750 + 24_000 / 1024 + 100.0
     assert bare["per_query_s"] == {"i2t": 4 / 1024, "t2i": 4 / 1024}
+    none = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
+                                   device=CPU, budget_s=1.0, pair_batch_size=8,
+                                   k=4)["topk_rerank"]
+    assert (none["k"], none["first_stage_s"]) == (4, None)
+    assert none["total_s"] == 1750 + 24_000 / 1024  # no first stage: nothing added
+    assert none["includes"][-1] == "no first stage (none given)"
 
 
 def test_cross_encoder_full_scoring_measured_when_it_fits() -> None:

@@ -277,6 +277,7 @@ def test_caption_to_caption_excludes_the_query() -> None:
     # Kept in the gallery, each query is its own best positive (score 1), but q2 and q3
     # tie with an identical, lower-index caption of the other group -> 2.
     assert multi_positive_ranks(emb, emb, group, group).tolist() == [1, 1, 2, 2]
+    assert multi_positive_ranks(emb, emb, group, group).dtype == torch.long
 
 
 def test_image_to_image_by_scene_and_cross_modal_agreement() -> None:
