@@ -424,6 +424,18 @@ def test_unimodal_table_when_metrics_present(collected: pd.DataFrame,
     assert any("5.7" in n for n in table.notes)
 
 
+def test_grid_tables_key_picks_the_kinds(collected: pd.DataFrame, paper: pd.DataFrame) -> None:
+    from harness.analysis.tables import grid_tables
+
+    picked = grid_tables(collected, {"name": "table2", "tables": ["cost", "ratio"]}, paper)
+    assert [t.stem for t in picked] == ["table2_cost", "table2_ratio"]
+    every = grid_tables(collected, {"name": "table2"}, paper)
+    assert [t.stem for t in every] == ["table2_retrieval", "table2_cost", "table2_ratio",
+                                       "table2_unimodal"]
+    with pytest.raises(ValueError, match=r"grid 'table2': unknown table kind\(s\) \['costs'\]"):
+        grid_tables(collected, {"name": "table2", "tables": ["costs"]}, paper)
+
+
 def test_smoke_like_grid_without_eval_stages_writes_no_retrieval_table(
         runs: Path, tmp_path: Path, paper: pd.DataFrame) -> None:
     df = collect_plan([_plan(runs)[-1]], "table3")  # a bench stage only

@@ -428,10 +428,20 @@ def test_protocol_totals_equal_hand_computed_costs(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(eff, "time_workload", _fixed_clock_workload)
     images, tokens = _dual_batch()
     dual = eff.dual_encoder_costs(ToyDual(), images, tokens, protocol="flickr30k_1k",
-                                  device=CPU, budget_s=1.0, query_repeats=2)
+                                  device=CPU, budget_s=10.0)  # 20 query timings, the default
     cross = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
                                     device=CPU, budget_s=1.0, pair_batch_size=8, k=4,
                                     first_stage=dual)
+    # What each record says it is and covers.
+    assert (dual["kind"], cross["kind"]) == ("dual_encoder", "cross_encoder")
+    assert dual["includes"] == ["image encode", "text encode",
+                                "similarity in fp32, once per direction", "top-k per query"]
+    assert dual["excludes"] == cross["excludes"] == eff.NOT_INCLUDED
+    assert cross["full_scoring"]["includes"] == ["image features", "text features",
+                                                 "one pair forward per pair"]
+    assert cross["topk_rerank"]["includes"] == ["image features", "text features",
+                                                "4 pair forwards per query", "first stage"]
+    assert dual["query"]["i2t"]["repeats"] == dual["query"]["t2i"]["repeats"] == 20  # default
     # By hand, Flickr30K 1K (1,000 images, 5,000 texts):
     # dual: encode 1000 x 0.5 + 5000 x 0.25 = 1750 s; rank 6000 queries x 2^-12 s.
     dual_s = 1750 + 6000 / 4096
