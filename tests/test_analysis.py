@@ -231,6 +231,17 @@ def test_paper_row_status_is_its_weakest_number() -> None:
     assert PaperRow("table2", "X").status() == "sourced"  # no numbers: nothing to weaken it
 
 
+def test_paper_rows_key_limits_published_rows_to_the_harness_models(
+        collected: pd.DataFrame, paper: pd.DataFrame) -> None:
+    def paper_models(grid: dict) -> set[str]:
+        table = retrieval_table(collected, grid, paper)
+        return {r[1] for s in table.sections for r in s.rows if r[0] == "paper"}
+
+    assert len(paper_models(GRID)) > 10  # a grid named like a published table: every row
+    assert paper_models({**GRID, "paper_rows": False}) == {"COOKIE"}
+    assert paper_models({"name": "mine", "paper_rows": True}) == paper_models(GRID)
+
+
 def test_delta_row_is_harness_minus_paper(collected: pd.DataFrame, paper: pd.DataFrame) -> None:
     data = retrieval_table(collected, GRID, paper).data
     delta = data[(data["source"] == "delta") & (data["stage_id"] == COOKIE_COCO)].iloc[0]
@@ -277,6 +288,8 @@ def test_ablation_rows_list_distinguishing_overrides(runs: Path, paper: pd.DataF
     assert "Variant" in table.columns
     variants = [r[2] for s in table.sections for r in s.rows if r[0] == "harness"]
     assert variants == ["—", "model.wst.layers=0"]
+    harness = table.data[table.data["source"] == "harness"]
+    assert harness["variant"].fillna("").tolist() == ["", "model.wst.layers=0"]
     # Paper rows get the Variant column too: every row has one cell per column.
     assert any(r[0] == "paper" for s in table.sections for r in s.rows)
     assert all(len(r) == len(table.columns) for s in table.sections for r in s.rows)

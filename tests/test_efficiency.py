@@ -348,6 +348,10 @@ def test_protocol_constants() -> None:
     assert eff.PROTOCOLS == {"coco_5k": (5000, 25000), "flickr30k_1k": (1000, 5000)}
     assert eff.resolve_protocol("coco_5k") == ("coco_5k", 5000, 25000)
     assert eff.resolve_protocol((3, 7)) == ("custom_3x7", 3, 7)
+    assert eff.resolve_protocol((1, 1)) == ("custom_1x1", 1, 1)  # the smallest gallery
+    for bad in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="protocol sizes must be positive"):
+            eff.resolve_protocol(bad)
     with pytest.raises(KeyError, match="coco_5k"):
         eff.resolve_protocol("coco_1k")
 
