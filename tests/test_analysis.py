@@ -424,8 +424,18 @@ def test_ratio_table_says_not_measured_without_timings(paper: pd.DataFrame,
                                                        collected: pd.DataFrame) -> None:
     no_costs = collected[[c for c in collected.columns if not c.startswith("cost.")]]
     table = ratio_table(no_costs, {"name": "table3"}, paper)
-    assert "not measured" in table.sections[0].rows[0][6]
+    assert table.sections[0].rows == [[
+        "—", "", "", "", "", "", "not measured: no dual and cross-encoder timed on one protocol",
+        "", "0.003 (COOKIE vs one-stream)"]]
+    assert table.data.to_dict("records") == [
+        {"status": "not measured", "paper_ratio": 0.003, "paper_status": "sourced"}]
     assert ratio_table(no_costs, {"name": "smoke"}, paper) is None
+    # Without the claim in the published numbers the table says so.
+    no_claim = paper[paper["table"] != "claims"]
+    table = ratio_table(no_costs, {"name": "table3"}, no_claim)
+    assert table.sections[0].rows[0][-1] == "not in results/paper"
+    assert table.data.to_dict("records") == [
+        {"status": "not measured", "paper_ratio": None, "paper_status": None}]
 
 
 def test_unimodal_table_when_metrics_present(collected: pd.DataFrame,
