@@ -487,3 +487,32 @@ def test_summary_messages_and_odd_median() -> None:
         summarize_ranks(torch.tensor([], dtype=torch.long))
     # Five distinct ranks: the median is the third smallest, 3.
     assert summarize_ranks(torch.tensor([10, 1, 4, 2, 3]), ks=(1,))["medr"] == 3.0
+
+
+def test_rank_dtypes_messages_and_self_exclusion_across_chunks() -> None:
+    img, txt, txt2img = quantised_problem(8, n_images=12)
+    for ranks in (retrieval_ranks(img @ txt.T, txt2img, 5),
+                  retrieval_ranks_from_embeddings(img, txt, txt2img, 5)):
+        assert ranks[0].dtype == ranks[1].dtype == torch.long
+    with pytest.raises(ValueError, match=r"^txt2img has 2 entries but there are \d+ texts$"):
+        retrieval_ranks(img @ txt.T, txt2img[:2])
+    lonely = torch.zeros(txt.shape[0], dtype=torch.long)  # every caption on image 0
+    with pytest.raises(ValueError, match=r"^image 1 has no caption \(11 images without one\); "
+                                         r"every image needs at least one positive text$"):
+        retrieval_ranks(img @ txt.T, lonely)
+    with pytest.raises(ValueError, match=r"^gallery_group has 2 entries but there are \d+ "
+                                         r"gallery items$"):
+        multi_positive_ranks(txt, txt, txt2img, txt2img[:2])
+    # Leaving out each query's own entry must hit the same column in every chunk.
+    pairs = torch.arange(txt.shape[0]) // 2
+    pairs[-1] = pairs[-2]  # every caption has a partner, whatever the count
+    whole = multi_positive_ranks(txt, txt, pairs, pairs, True, 10_000)
+    for chunk in (1, 2, 7):
+        assert torch.equal(multi_positive_ranks(txt, txt, pairs, pairs, True, chunk), whole)
+    # Six items, chunks of 4: in the second chunk (rows 4, 5) the only partners are columns
+    # 2 and 3, so a self column computed wrongly there would drop the one positive.
+    groups = torch.tensor([0, 0, 1, 2, 1, 2])
+    emb = torch.nn.functional.normalize(torch.randn(6, 3, generator=torch.Generator()
+                                                    .manual_seed(0)), dim=-1)
+    assert torch.equal(multi_positive_ranks(emb, emb, groups, groups, True, 4),
+                       multi_positive_ranks(emb, emb, groups, groups, True, 6))
