@@ -86,3 +86,46 @@ def reproduce(session: nox.Session) -> None:
     session.run(python, "-m", "harness.report", "--grids", *grids, *overrides, external=True)
     if failed:
         session.error(f"grids with failed stages: {', '.join(failed)}")
+
+
+#: Modules whose numbers reach the tables; their tests are configured in pyproject.toml
+#: ([tool.mutmut]). Mutant names are ``<module>.<function>__mutmut_<n>``.
+MUTATED_MODULES = ("harness.eval.ranking", "harness.eval.retrieval", "harness.eval.efficiency",
+                   "harness.analysis.tables", "harness.analysis.cost_tables")
+
+
+def mutation_summary(root: Path) -> dict[str, dict[str, int]]:
+    """Per mutated module: counts of mutmut's verdicts (killed, survived, timeout, not checked)."""
+    import json
+
+    names = {1: "killed", 3: "killed", 0: "survived", None: "not checked", 33: "no tests",
+             34: "skipped", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout",
+             255: "timeout"}
+    out: dict[str, dict[str, int]] = {}
+    for meta in sorted((root / "mutants").rglob("*.py.meta")):
+        module = str(meta.relative_to(root / "mutants"))[: -len(".py.meta")].replace("/", ".")
+        counts: dict[str, int] = {}
+        for code in json.loads(meta.read_text())["exit_code_by_key"].values():
+            verdict = names.get(code, "suspicious")
+            counts[verdict] = counts.get(verdict, 0) + 1
+        out[module] = counts
+    return out
+
+
+@nox.session(python=False)
+def mutants(session: nox.Session) -> None:
+    """Mutation testing with mutmut, one worker, module by module (slow; not part of CI).
+
+    ``nox -s mutants -- harness.eval.ranking`` runs one module. Results stay in ``mutants/``
+    (``mutmut results`` lists survivors, ``mutmut show <name>`` shows one); the per-module
+    counts are printed at the end.
+    """
+    python = _python(session)
+    mutmut = str(Path(python).parent / "mutmut")
+    env = {"PYTHONPATH": str(ROOT)}  # the tests import this checkout, not an installed copy
+    for module in session.posargs or MUTATED_MODULES:
+        session.run(mutmut, "run", "--max-children", "1", f"{module}.*", external=True, env=env)
+    for module, counts in mutation_summary(ROOT).items():
+        checked = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("survived", 0)
+        score = f"{100 * (checked - counts.get('survived', 0)) / checked:.1f} %" if checked else "-"
+        session.log(f"{module}: {counts} -> {score} of checked mutants killed")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from table_cells import latex_rows, markdown_rows, row_by, row_where
 
 from harness.analysis.collect import (
     collect,
@@ -179,17 +180,35 @@ def test_paper_protocol_joins_on_keys_only(args: tuple, joined: tuple | None) ->
 
 # --- retrieval table -------------------------------------------------------------------------
 
+#: Column header of each metric in the Markdown and LaTeX retrieval tables.
+HEADER = {"i2t_R@1": "i2t R@1", "i2t_R@5": "i2t R@5", "i2t_R@10": "i2t R@10",
+          "t2i_R@1": "t2i R@1", "t2i_R@5": "t2i R@5", "t2i_R@10": "t2i R@10", "rsum": "RSUM"}
+DONE_EVALS = (COOKIE_COCO, "eval-cookie-flickr30k-abcd5678", "eval-clip-synthetic-5a5a5a5a")
+
+
 def test_retrieval_numbers_equal_result_files(runs: Path, tmp_path: Path) -> None:
     paths = write_grid_tables(GRID, _plan(runs), tmp_path)
-    md = (tmp_path / "tables" / "table2.md").read_text()
-    csv = pd.read_csv(tmp_path / "tables" / "table2_retrieval.csv")
-    assert tmp_path / "tables" / "table2.md" in paths
-    for name in (COOKIE_COCO, "eval-cookie-flickr30k-abcd5678", "eval-clip-synthetic-5a5a5a5a"):
+    tables = tmp_path / "tables"
+    assert tables / "table2.md" in paths
+    md = markdown_rows((tables / "table2.md").read_text(),
+                       "table2: cross-modal retrieval — fixture grid")
+    tex = latex_rows((tables / "table2_retrieval.tex").read_text())
+    csv = pd.read_csv(tables / "table2_retrieval.csv")
+    assert set(HEADER) == set(METRICS)
+    for name in DONE_EVALS:
         metrics = _result(runs, name)["metrics"]
-        row = csv[(csv["source"] == "harness") & (csv["stage_id"] == name)].iloc[0]
-        for m in METRICS:
-            assert row[m] == metrics[m]
-            assert f"| {metrics[m]:.2f} |" in md or f" {metrics[m]:.2f} " in md
+        md_row, tex_row = row_by(md, "Run", name), row_by(tex, "Run", name)
+        csv_row = csv[(csv["source"] == "harness") & (csv["stage_id"] == name)]
+        assert len(csv_row) == 1
+        for m, header in HEADER.items():
+            # Each cell under its own header, in every format, for this stage only.
+            assert md_row[header] == f"{metrics[m]:.2f}", (name, header)
+            assert tex_row[header] == f"{metrics[m]:.2f}", (name, header)
+            assert csv_row[m].iloc[0] == metrics[m], (name, m)
+    # Rows without a result print no number under any metric header.
+    for name in ("eval-single_stream-coco-dddd4444", "eval-clip-coco-eeee5555"):
+        assert {row_by(md, "Run", name)[h] for h in HEADER.values()} == {""}
+        assert {row_by(tex, "Run", latex_escape(name))[h] for h in HEADER.values()} == {""}
 
 
 def test_paper_rows_carry_status_marks_and_legend(collected: pd.DataFrame,
@@ -202,6 +221,25 @@ def test_paper_rows_carry_status_marks_and_legend(collected: pd.DataFrame,
     lightning = rows[("paper", "LightningDOT")]          # R@1 sourced, R@5 recalled
     assert (lightning[5], lightning[6]) == ("60.1", "85.1†")
     assert any("† = recalled" in note and "‡ = assumed" in note for note in table.notes)
+
+
+def test_paper_row_status_is_its_weakest_number() -> None:
+    from harness.analysis.tables import PaperRow
+
+    row = PaperRow("table2", "X", statuses={"i2t_R@1": "sourced", "t2i_R@1": "recalled"})
+    assert row.status() == "recalled"
+    assert PaperRow("table2", "X").status() == "sourced"  # no numbers: nothing to weaken it
+
+
+def test_paper_rows_key_limits_published_rows_to_the_harness_models(
+        collected: pd.DataFrame, paper: pd.DataFrame) -> None:
+    def paper_models(grid: dict) -> set[str]:
+        table = retrieval_table(collected, grid, paper)
+        return {r[1] for s in table.sections for r in s.rows if r[0] == "paper"}
+
+    assert len(paper_models(GRID)) > 10  # a grid named like a published table: every row
+    assert paper_models({**GRID, "paper_rows": False}) == {"COOKIE"}
+    assert paper_models({"name": "mine", "paper_rows": True}) == paper_models(GRID)
 
 
 def test_delta_row_is_harness_minus_paper(collected: pd.DataFrame, paper: pd.DataFrame) -> None:
@@ -235,17 +273,26 @@ def test_failed_running_and_missing_rows_show_status_not_numbers(
         assert set(by_status[status][5:12]) == {""}
     assert "CUDA out of memory" in by_status["failed"][-2]
     assert by_status["missing"][-1] == "eval-clip-coco-eeee5555"  # the run it would have
+    # A missing stage has no error: its status says so and nothing else (no "; nan").
+    assert by_status["missing"][-2] == "missing: never run (no run directory)"
 
 
 def test_ablation_rows_list_distinguishing_overrides(runs: Path, paper: pd.DataFrame) -> None:
     common = ("task.steps=5",)
-    plan = [_stage(runs, "eval", "cookie", "coco", COOKIE_COCO, overrides=common),
-            _stage(runs, "eval", "cookie", "flickr30k", "eval-cookie-flickr30k-abcd5678",
+    # Fine-tuned parents: the COCO row joins its published protocol, so paper rows appear.
+    ft = _stage(runs, "finetune", "cookie", "coco", "finetune-cookie-coco-aaaa1111")
+    plan = [_stage(runs, "eval", "cookie", "coco", COOKIE_COCO, ft, overrides=common),
+            _stage(runs, "eval", "cookie", "flickr30k", "eval-cookie-flickr30k-abcd5678", ft,
                    overrides=(*common, "model.wst.layers=0"))]
     table = retrieval_table(collect_plan(plan, "ablations"), {"name": "ablations"}, paper)
     assert "Variant" in table.columns
     variants = [r[2] for s in table.sections for r in s.rows if r[0] == "harness"]
     assert variants == ["—", "model.wst.layers=0"]
+    harness = table.data[table.data["source"] == "harness"]
+    assert harness["variant"].fillna("").tolist() == ["", "model.wst.layers=0"]
+    # Paper rows get the Variant column too: every row has one cell per column.
+    assert any(r[0] == "paper" for s in table.sections for r in s.rows)
+    assert all(len(r) == len(table.columns) for s in table.sections for r in s.rows)
 
 
 # --- LaTeX -----------------------------------------------------------------------------------
@@ -308,6 +355,62 @@ def test_cost_table_labels_measured_and_extrapolated(collected: pd.DataFrame,
     assert bench["protocol"] == "custom_50x250"
 
 
+#: Cost-table cells of the fixture's timed protocols, by hand from their result.json files:
+#: (model, protocol, mode) -> {header: printed value}. Seconds to 4 significant figures,
+#: query seconds in ms to 3, parameters in millions to 4, GFLOPs to 3.
+COST_CELLS = {
+    ("cookie", "coco_5k (5000/25000)", "index + rank"): {
+        "Params (M)": "147.2", "GFLOPs / image": "12.3", "GFLOPs / text": "2.1",
+        "GFLOPs / pair": "", "Index (s)": "61.5", "Query i2t (ms)": "4.2",
+        "Query t2i (ms)": "3.1", "Total (s)": "61.75", "Timing": "measured"},
+    ("single_stream", "flickr30k_1k (1000/5000)", "full scoring"): {
+        "Params (M)": "111", "GFLOPs / image": "9", "GFLOPs / text": "0.8",
+        "GFLOPs / pair": "15", "Index (s)": "3", "Query i2t (ms)": "2500",
+        "Query t2i (ms)": "12500", "Total (s)": "12503", "Timing": "extrapolated"},
+    ("single_stream", "flickr30k_1k (1000/5000)", "top-k rerank"): {
+        "Index (s)": "3", "Query i2t (ms)": "64", "Query t2i (ms)": "64", "Total (s)": "21",
+        "Timing": "measured"},
+}
+#: Ratio-table cells: (protocol, cross-encoder (mode)) -> {header: printed value}.
+RATIO_CELLS = {
+    ("flickr30k_1k", "single_stream (full scoring)"): {
+        "Dual encoder": "cookie", "Dual total (s)": "12.55", "Cross total (s)": "12503",
+        "Ratio dual / cross": "0.001", "Timing": "extrapolated"},  # 12.55 / 12503
+    ("flickr30k_1k", "single_stream (top-k rerank)"): {
+        "Dual encoder": "cookie", "Dual total (s)": "12.55", "Cross total (s)": "21",
+        "Ratio dual / cross": "0.598", "Timing": "extrapolated"},  # 12.55 / 21
+}
+
+
+def test_cost_and_ratio_cells_sit_under_their_headers(runs: Path, tmp_path: Path) -> None:
+    write_grid_tables(GRID, _plan(runs), tmp_path)
+    tables = tmp_path / "tables"
+    md_text = (tables / "table2.md").read_text()
+    formats = {
+        "md": (markdown_rows(md_text, "table2: retrieval cost per model"),
+               markdown_rows(md_text, "table2: dual vs cross-encoder inference time"), str),
+        "tex": (latex_rows((tables / "table2_cost.tex").read_text()),
+                latex_rows((tables / "table2_ratio.tex").read_text()), latex_escape),
+    }
+    for fmt, (cost_rows, ratio_rows, esc) in formats.items():
+        for (model, protocol, mode), cells in COST_CELLS.items():
+            row = row_where(cost_rows, {"Model": esc(model), "Protocol (img/txt)": esc(protocol),
+                                        "Mode": esc(mode)})
+            assert {h: row[h] for h in cells} == {h: esc(v) for h, v in cells.items()}, fmt
+        for (protocol, cross), cells in RATIO_CELLS.items():
+            row = row_where(ratio_rows, {"Protocol": esc(protocol),
+                                         "Cross-encoder (mode)": esc(cross)})
+            assert {h: row[h] for h in cells} == {h: esc(v) for h, v in cells.items()}, fmt
+    cost_csv = pd.read_csv(tables / "table2_cost.csv")
+    cookie = cost_csv[(cost_csv["stage_id"] == COOKIE_COCO) & (cost_csv["mode"] == "dual")]
+    assert cookie[["index_s", "total_s", "query_i2t_s", "query_t2i_s"]].values.tolist() == [
+        [61.5, 61.75, 0.0042, 0.0031]]
+    ratio_csv = pd.read_csv(tables / "table2_ratio.csv")
+    full = ratio_csv[ratio_csv["cross_mode"] == "full_scoring"].iloc[0]
+    assert (full["dual_total_s"], full["cross_total_s"]) == (12.55, 12503.0)
+    assert full["ratio"] == 12.55 / 12503.0
+
+
 def test_ratio_table_sits_beside_the_paper_claim(collected: pd.DataFrame,
                                                  paper: pd.DataFrame) -> None:
     data = ratio_table(collected, GRID, paper).data
@@ -321,8 +424,18 @@ def test_ratio_table_says_not_measured_without_timings(paper: pd.DataFrame,
                                                        collected: pd.DataFrame) -> None:
     no_costs = collected[[c for c in collected.columns if not c.startswith("cost.")]]
     table = ratio_table(no_costs, {"name": "table3"}, paper)
-    assert "not measured" in table.sections[0].rows[0][6]
+    assert table.sections[0].rows == [[
+        "—", "", "", "", "", "", "not measured: no dual and cross-encoder timed on one protocol",
+        "", "0.003 (COOKIE vs one-stream)"]]
+    assert table.data.to_dict("records") == [
+        {"status": "not measured", "paper_ratio": 0.003, "paper_status": "sourced"}]
     assert ratio_table(no_costs, {"name": "smoke"}, paper) is None
+    # Without the claim in the published numbers the table says so.
+    no_claim = paper[paper["table"] != "claims"]
+    table = ratio_table(no_costs, {"name": "table3"}, no_claim)
+    assert table.sections[0].rows[0][-1] == "not in results/paper"
+    assert table.data.to_dict("records") == [
+        {"status": "not measured", "paper_ratio": None, "paper_status": None}]
 
 
 def test_unimodal_table_when_metrics_present(collected: pd.DataFrame,
@@ -332,6 +445,18 @@ def test_unimodal_table_when_metrics_present(collected: pd.DataFrame,
     cookie = table.data[table.data["stage_id"] == COOKIE_COCO].iloc[0]
     assert (cookie["t2t_R@1"], cookie["i2i_R@1"]) == (41.5, 33.25)
     assert any("5.7" in n for n in table.notes)
+
+
+def test_grid_tables_key_picks_the_kinds(collected: pd.DataFrame, paper: pd.DataFrame) -> None:
+    from harness.analysis.tables import grid_tables
+
+    picked = grid_tables(collected, {"name": "table2", "tables": ["cost", "ratio"]}, paper)
+    assert [t.stem for t in picked] == ["table2_cost", "table2_ratio"]
+    every = grid_tables(collected, {"name": "table2"}, paper)
+    assert [t.stem for t in every] == ["table2_retrieval", "table2_cost", "table2_ratio",
+                                       "table2_unimodal"]
+    with pytest.raises(ValueError, match=r"grid 'table2': unknown table kind\(s\) \['costs'\]"):
+        grid_tables(collected, {"name": "table2", "tables": ["costs"]}, paper)
 
 
 def test_smoke_like_grid_without_eval_stages_writes_no_retrieval_table(
@@ -399,3 +524,32 @@ def test_report_cli_marks_missing_stages(tmp_path: Path, capsys: pytest.CaptureF
     assert str(tmp_path / "res" / "collected.csv") in printed
     md = (tmp_path / "res" / "tables" / "smoke.md").read_text()
     assert "missing: never run" in md and "no paper counterpart" in md
+
+
+# --- whole files -----------------------------------------------------------------------------
+
+EXPECTED = Path(__file__).parent / "fixtures" / "analysis" / "expected"
+
+
+def test_written_tables_equal_the_reviewed_copies(runs: Path, tmp_path: Path) -> None:
+    """Every table file of the fixture grid, byte for byte, against a reviewed copy.
+
+    After an intended change of a table's text, rewrite the copies with
+    ``UPDATE_EXPECTED_TABLES=1 pytest tests/test_analysis.py -k reviewed_copies`` and review
+    the diff before committing it.
+    """
+    import difflib
+    import os
+
+    paths = write_grid_tables(GRID, _plan(runs), tmp_path)
+    assert len(paths) == 9
+    if os.environ.get("UPDATE_EXPECTED_TABLES") == "1":
+        EXPECTED.mkdir(exist_ok=True)
+        for path in paths:
+            (EXPECTED / path.name).write_bytes(path.read_bytes())
+    assert sorted(p.name for p in EXPECTED.iterdir()) == sorted(p.name for p in paths)
+    for path in paths:
+        got, want = path.read_text(), (EXPECTED / path.name).read_text()
+        diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(), "expected",
+                                              "written", lineterm="", n=1))
+        assert got == want, f"{path.name} differs from its reviewed copy:\n{diff[:3000]}"

@@ -230,6 +230,26 @@ def test_world_info_from_every_launcher():
     assert first_host("node7") == "node7" and first_host("a-[1-3]") == "a-1"
 
 
+def test_world_info_from_a_submitit_job(monkeypatch):
+    # The process environment of task 5 of 8 of a submitit job on two nodes: submitit's own
+    # reading of it (rendezvous port included) wins over the plain SLURM one.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                 "HARNESS_DISTRIBUTED"):
+        monkeypatch.delenv(name, raising=False)
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8",
+             "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_JOB_NODELIST": "gpu[003-004]", "SLURM_JOB_ID": "4242"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    plain = world_info_from_env()
+    assert (plain.launcher, plain.master_port) == ("slurm", 20000 + 4242)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    env = world_info_from_env()
+    assert env.launcher == "submitit"
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr) == (5, 8, 1, "gpu003")
+    assert 1024 <= env.master_port <= 65535
+
+
 def test_feature_cache_replays_dropout_of_the_cached_pass():
     """With dropout, GradCache's gradient is that of one grad-enabled pass over the micro-batches."""
     from harness.train.optim import build_optimizer, build_scheduler

@@ -348,6 +348,10 @@ def test_protocol_constants() -> None:
     assert eff.PROTOCOLS == {"coco_5k": (5000, 25000), "flickr30k_1k": (1000, 5000)}
     assert eff.resolve_protocol("coco_5k") == ("coco_5k", 5000, 25000)
     assert eff.resolve_protocol((3, 7)) == ("custom_3x7", 3, 7)
+    assert eff.resolve_protocol((1, 1)) == ("custom_1x1", 1, 1)  # the smallest gallery
+    for bad in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="protocol sizes must be positive"):
+            eff.resolve_protocol(bad)
     with pytest.raises(KeyError, match="coco_5k"):
         eff.resolve_protocol("coco_1k")
 
@@ -361,7 +365,9 @@ def test_dual_encoder_costs_measured_within_budget() -> None:
     assert index["image"]["units"] == 10 and index["image"]["batch_size"] == 4
     assert index["text"]["units"] == 30 and index["text"]["batch_size"] == 6
     assert ranking["t2i"]["units"] == 30
-    assert costs["total_s"] == pytest.approx(index["seconds"] + ranking["seconds"])
+    parts = [index["image"], index["text"], ranking["i2t"], ranking["t2i"]]
+    assert index["seconds"] == index["image"]["seconds"] + index["text"]["seconds"]
+    assert costs["total_s"] == pytest.approx(sum(p["seconds"] for p in parts))
     assert costs["query"]["t2i"]["p90_s"] >= costs["query"]["t2i"]["median_s"] > 0
     assert costs["embed_dim"] == 16 and costs["hardware"]
     json.dumps(costs)
@@ -389,14 +395,84 @@ def test_cross_encoder_costs_and_the_inference_time_ratio() -> None:
     assert full["pairs"]["units"] == 1000 * 5000
     assert full["pairs"]["status"] == full["status"] == "extrapolated"  # 5M pairs in 0.2 s: no
     assert full["pairs"]["sample_units"] % 64 == 0
+    # Totals are the sums of their timed parts: features are encoded in both modes.
+    features = cross["features"]["image"]["seconds"] + cross["features"]["text"]["seconds"]
+    assert cross["features"]["seconds"] == pytest.approx(features) and features > 0
+    assert full["total_s"] == pytest.approx(features + full["pairs"]["seconds"])
     rerank = cross["topk_rerank"]
     assert rerank["pairs"]["units"] == 4 * (1000 + 5000)
     assert rerank["first_stage_s"] == dual["total_s"]
-    assert rerank["total_s"] > dual["total_s"]
+    assert rerank["total_s"] == pytest.approx(
+        features + rerank["pairs"]["seconds"] + dual["total_s"])
     ratio = eff.inference_time_ratio(dual, cross)
-    assert 0 < ratio["ratio"] < 1 and ratio["same_hardware"]
+    assert ratio["cross_mode"] == "full_scoring"
+    assert ratio["ratio"] == pytest.approx(dual["total_s"] / full["total_s"])
+    assert ratio["cross_total_s"] == full["total_s"] and ratio["same_hardware"]
     assert ratio["status"] == "extrapolated"
     json.dumps(cross)
+
+
+# ------------------------------------------------- the cost model on a clock with known costs
+
+#: Seconds per unit of each kind of workload: binary fractions, so every sum below is exact.
+UNIT_SECONDS = {"images": 2.0**-1, "texts": 2.0**-2, "pairs": 2.0**-10, "queries": 2.0**-12}
+
+
+def _fixed_clock_workload(step, *, units: int, batch_size: int, unit: str = "items",
+                          **_: object) -> dict[str, object]:
+    """time_workload on a fake clock: every unit of a kind costs UNIT_SECONDS[kind]."""
+    seconds = units * UNIT_SECONDS[unit]
+    return {"status": "measured", "seconds": seconds, "unit": unit, "units": units,
+            "seconds_per_unit": UNIT_SECONDS[unit], "batch_size": batch_size,
+            "requested_batch_size": batch_size, "sample_units": units,
+            "sample_seconds": seconds}
+
+
+def test_protocol_totals_equal_hand_computed_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eff, "time_workload", _fixed_clock_workload)
+    images, tokens = _dual_batch()
+    dual = eff.dual_encoder_costs(ToyDual(), images, tokens, protocol="flickr30k_1k",
+                                  device=CPU, budget_s=10.0)  # 20 query timings, the default
+    cross = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
+                                    device=CPU, budget_s=1.0, pair_batch_size=8, k=4,
+                                    first_stage=dual)
+    # What each record says it is and covers.
+    assert (dual["kind"], cross["kind"]) == ("dual_encoder", "cross_encoder")
+    assert dual["includes"] == ["image encode", "text encode",
+                                "similarity in fp32, once per direction", "top-k per query"]
+    assert dual["excludes"] == cross["excludes"] == eff.NOT_INCLUDED
+    assert cross["full_scoring"]["includes"] == ["image features", "text features",
+                                                 "one pair forward per pair"]
+    assert cross["topk_rerank"]["includes"] == ["image features", "text features",
+                                                "4 pair forwards per query", "first stage"]
+    assert dual["query"]["i2t"]["repeats"] == dual["query"]["t2i"]["repeats"] == 20  # default
+    # By hand, Flickr30K 1K (1,000 images, 5,000 texts):
+    # dual: encode 1000 x 0.5 + 5000 x 0.25 = 1750 s; rank 6000 queries x 2^-12 s.
+    dual_s = 1750 + 6000 / 4096
+    assert dual["total_s"] == dual_s == 1751.46484375
+    # cross, full scoring: features 1750 s + 5,000,000 pairs x 2^-10 s.
+    full_s = 1750 + 5_000_000 / 1024
+    assert cross["full_scoring"]["total_s"] == full_s == 6632.8125
+    # cross, top-4 re-ranking: features + 4 x 6000 pairs + the dual first stage.
+    rerank_s = 1750 + 24_000 / 1024 + dual_s
+    assert cross["topk_rerank"]["total_s"] == rerank_s == 3524.90234375
+    assert cross["full_scoring"]["per_query_s"] == {"i2t": 5000 / 1024, "t2i": 1000 / 1024}
+    # The ratio is against full scoring unless re-ranking is asked for by name.
+    assert eff.inference_time_ratio(dual, cross)["ratio"] == dual_s / full_s
+    reranked = eff.inference_time_ratio(dual, cross, cross_mode="topk_rerank")
+    assert (reranked["ratio"], reranked["cross_mode"]) == (dual_s / rerank_s, "topk_rerank")
+    # A first stage given as bare seconds is added as given.
+    bare = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
+                                   device=CPU, budget_s=1.0, pair_batch_size=8, k=4,
+                                   first_stage=100.0)["topk_rerank"]
+    assert bare["total_s"] == 1750 + 24_000 / 1024 + 100.0
+    assert bare["per_query_s"] == {"i2t": 4 / 1024, "t2i": 4 / 1024}
+    none = eff.cross_encoder_costs(ToyCross(), images, tokens, protocol="flickr30k_1k",
+                                   device=CPU, budget_s=1.0, pair_batch_size=8,
+                                   k=4)["topk_rerank"]
+    assert (none["k"], none["first_stage_s"]) == (4, None)
+    assert none["total_s"] == 1750 + 24_000 / 1024  # no first stage: nothing added
+    assert none["includes"][-1] == "no first stage (none given)"
 
 
 def test_cross_encoder_full_scoring_measured_when_it_fits() -> None:
@@ -436,3 +512,31 @@ def test_steps_can_be_combined_in_one_count() -> None:
     counts = count_model_flops(ToyDual, {"image": image_step(8), "text": text_step(3)})
     assert set(counts) == {"image", "text"}
     assert all(c.mode == "meta" for c in counts.values())
+
+
+def test_protocol_flops_dicts_by_hand() -> None:
+    # 3 images of 100 FLOPs, 4 texts of 10, 8-dim embeddings: index 340, similarity 2*3*4*8.
+    assert eff.dual_protocol_flops(3, 4, image_flops=100, text_flops=10, embed_dim=8) == {
+        "index_flops": 340, "similarity_flops": 192, "total_flops": 532}
+    # Pairs of 1000 FLOPs: full = 340 + 12 pairs; top-2 = 340 + 2 x 7 pairs + first stage.
+    assert eff.cross_protocol_flops(3, 4, image_flops=100, text_flops=10, pair_flops=1000,
+                                    k=2, first_stage_flops=532) == {
+        "feature_flops": 340, "full_scoring_flops": 12_340, "topk_rerank_flops": 14_872}
+    assert eff.cross_protocol_flops(3, 4, image_flops=100, text_flops=10, pair_flops=1000,
+                                    k=2) == {
+        "feature_flops": 340, "full_scoring_flops": 12_340, "topk_rerank_flops": 14_340}
+    assert "topk_rerank_flops" not in eff.cross_protocol_flops(
+        3, 4, image_flops=100, text_flops=10, pair_flops=1000)
+
+
+def test_efficiency_block_holds_what_it_was_given() -> None:
+    costs = {"coco_5k": {"kind": "dual_encoder", "total_s": 1.5}}
+    block = eff.efficiency_block(device=CPU, precision="bf16", params={"image": 3, "total": 3},
+                                 flops={"image_encode_flops": 7}, costs=costs)
+    assert block["precision"] == "bf16" and block["flops_convention"] == FLOPS_CONVENTION
+    assert block["params"] == {"image": 3, "total": 3}
+    assert block["flops"] == {"image_encode_flops": 7}
+    assert block["protocols"] == costs and block["protocols"]["coco_5k"] is not costs["coco_5k"]
+    assert block["device"] == "cpu" and block["hardware"]
+    empty = eff.efficiency_block(device=CPU, precision="fp32")
+    assert (empty["params"], empty["flops"], empty["protocols"]) == ({}, {}, {})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,16 +20,22 @@ from harness.train.optim import param_groups, warmup_cosine
 class ToyModel(nn.Module):
     """A linear regressor exposing the DualEncoder-style ``losses`` hook the loop calls."""
 
-    def __init__(self, nan_at_step: int | None = None) -> None:
+    def __init__(self, nan_at_step: int | None = None, noisy: bool = False) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 1)
         self.norm = nn.LayerNorm(4)
         self.logit_scale = nn.Parameter(torch.tensor(1.0))
         self.nan_at_step = nan_at_step
+        self.noisy = noisy
         self.calls = 0
 
     def losses(self, batch):
-        pred = self.lin(self.norm(batch["x"])).squeeze(-1) * self.logit_scale
+        x = batch["x"]
+        if self.noisy:  # dropout draws from the torch generator
+            x = nn.functional.dropout(x, 0.25, training=True)
+        pred = self.lin(self.norm(x)).squeeze(-1) * self.logit_scale
+        if self.noisy:  # after the norm, which would cancel a shift: numpy and Python noise
+            pred = pred + float(np.random.normal(0, 0.1)) + random.gauss(0, 0.1)
         loss = ((pred - batch["y"]) ** 2).mean()
         self.calls += 1
         if self.nan_at_step is not None and self.calls > self.nan_at_step:
@@ -36,16 +44,19 @@ class ToyModel(nn.Module):
 
 
 class Points(torch.utils.data.Dataset):
-    def __init__(self, n: int = 40) -> None:
+    def __init__(self, n: int = 40, augment: bool = False) -> None:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, 4, generator=g)
         self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+        self.augment = augment
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
-        return {"x": self.x[i], "y": self.y[i]}
+        # Augmentation from the global torch RNG, as image transforms draw theirs.
+        x = self.x[i] + 0.1 * torch.randn(4) if self.augment else self.x[i]
+        return {"x": x, "y": self.y[i]}
 
 
 def _collate(items):
@@ -60,8 +71,8 @@ CFG = {"steps": 12, "batch_size": 8, "lr": 0.05, "weight_decay": 0.01, "warmup_s
 class SignalAt(ToyModel):
     """Sends this process SIGTERM during step ``k``, as SLURM does before a time limit."""
 
-    def __init__(self, k: int) -> None:
-        super().__init__()
+    def __init__(self, k: int, noisy: bool = False) -> None:
+        super().__init__(noisy=noisy)
         self.k = k
 
     def losses(self, batch):
@@ -71,18 +82,27 @@ class SignalAt(ToyModel):
         return out
 
 
+def _reseed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def test_sigterm_then_rerun_is_bitwise_equal_to_uninterrupted(tmp_path):
-    torch.manual_seed(0)
-    full = ToyModel()
-    train(full, Points(), _collate, CFG, tmp_path / "full")
-    torch.manual_seed(0)
+    # Dropout and numpy / Python noise in the model, augmentation in the data. The resumed run
+    # matches only if torch's generator (dropout) comes back from the checkpoint; numpy's and
+    # Python's are reseeded by the loader at every sample position, so they match either way.
+    _reseed(0)
+    full = ToyModel(noisy=True)
+    train(full, Points(augment=True), _collate, CFG, tmp_path / "full")
+    _reseed(0)
     with pytest.raises(Preempted, match="signal SIGTERM at step 7"):
-        train(SignalAt(7), Points(), _collate, CFG, tmp_path / "part")
+        train(SignalAt(7, noisy=True), Points(augment=True), _collate, CFG, tmp_path / "part")
     state = load_checkpoint(tmp_path / "part" / "checkpoints" / "latest.pt")
     assert state["step"] == 7 and state["samples_seen"] == 56 and not state["complete"]
-    torch.manual_seed(123)  # a fresh process would not share the first run's RNG
-    resumed = ToyModel()
-    summary = train(resumed, Points(), _collate, CFG, tmp_path / "part")
+    _reseed(123)  # a fresh process would not share the first run's RNG
+    resumed = ToyModel(noisy=True)
+    summary = train(resumed, Points(augment=True), _collate, CFG, tmp_path / "part")
     assert summary.steps == 12 and summary.samples_seen == 96
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)

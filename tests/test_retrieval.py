@@ -210,10 +210,42 @@ def test_embedding_path_ranks_one_matrix_if_blas_rounds_by_shape(monkeypatch) ->
         assert_ranks_equal(retrieval_ranks_from_embeddings(img, txt, txt2img, chunk), want)
 
 
+def fp16_rounding_problem(
+    seed: int, n_images: int = 30, per_image: int = 3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp16 embeddings whose dot products are exact in fp32 but not in fp16.
+
+    Entries are 1 + a/1024 (two dims) and b/2048 (two dims), a, b in 0..3: every product and
+    sum needs at most 22 mantissa bits (exact in fp32), while fp16 keeps 11, so near-equal
+    scores collapse into ties, and ranks change, when the GEMM runs in fp16.
+    """
+    g = torch.Generator().manual_seed(seed)
+    txt2img = torch.arange(n_images).repeat_interleave(per_image)
+
+    def embeddings(n: int) -> torch.Tensor:
+        big = 1 + torch.randint(0, 4, (n, 2), generator=g) * 2.0**-10
+        small = torch.randint(0, 4, (n, 2), generator=g) * 2.0**-11
+        return torch.cat([big, small], 1).half()
+
+    return embeddings(n_images), embeddings(n_images * per_image), txt2img
+
+
 def test_half_precision_embeddings_are_scored_in_fp32() -> None:
-    img, txt, txt2img = quantised_problem(2, n_images=30)
-    want = retrieval_ranks_from_embeddings(img, txt, txt2img)
-    assert_ranks_equal(retrieval_ranks_from_embeddings(img.half(), txt.bfloat16(), txt2img), want)
+    img, txt, txt2img = fp16_rounding_problem(0)
+    want = reference_ranks(img.double() @ txt.double().T, txt2img)
+    assert_ranks_equal(reference_ranks(img.float() @ txt.float().T, txt2img), want)
+    # The inputs discriminate: scored in fp16, many ranks differ from the exact ones.
+    in_fp16 = reference_ranks((img @ txt.T).float(), txt2img)
+    assert not torch.equal(in_fp16[0], want[0]) and not torch.equal(in_fp16[1], want[1])
+    assert_ranks_equal(retrieval_ranks_from_embeddings(img, txt, txt2img, chunk_size=7), want)
+    # bfloat16 keeps 8 bits: its own rounded values, scored exactly, are the reference.
+    img_b, txt_b = img.bfloat16(), txt.bfloat16()
+    assert_ranks_equal(retrieval_ranks_from_embeddings(img_b, txt_b, txt2img),
+                       reference_ranks(img_b.double() @ txt_b.double().T, txt2img))
+    # Caption-to-caption ranking upcasts the same way.
+    groups = txt2img
+    exact = multi_positive_ranks(txt.double(), txt.double(), groups, groups, True, 16)
+    assert torch.equal(multi_positive_ranks(txt, txt, groups, groups, True, 16), exact)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -245,6 +277,7 @@ def test_caption_to_caption_excludes_the_query() -> None:
     # Kept in the gallery, each query is its own best positive (score 1), but q2 and q3
     # tie with an identical, lower-index caption of the other group -> 2.
     assert multi_positive_ranks(emb, emb, group, group).tolist() == [1, 1, 2, 2]
+    assert multi_positive_ranks(emb, emb, group, group).dtype == torch.long
 
 
 def test_image_to_image_by_scene_and_cross_modal_agreement() -> None:
@@ -386,3 +419,100 @@ def test_summarize_rejects_empty_ranks() -> None:
     with pytest.raises(ValueError, match="empty"):
         summarize_ranks(torch.tensor([], dtype=torch.long))
     assert math.isclose(summarize_ranks(torch.tensor([4]))["meanr"], 4.0)
+
+
+# ------------------------------------------------------- errors name the argument at fault
+
+
+def test_errors_name_the_argument_at_fault() -> None:
+    img, txt, txt2img = quantised_problem(5, n_images=10)
+    bad_img, bad_txt = img.clone(), txt.clone()
+    bad_img[3, 0], bad_txt[2, 1] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"^img_emb has NaN or inf values \(first in row 3\)"):
+        coco_1k_metrics(bad_img, txt, txt2img)
+    with pytest.raises(ValueError, match=r"^txt_emb has NaN or inf values \(first in row 2\)"):
+        coco_1k_metrics(img, bad_txt, txt2img)
+    groups = txt2img
+    with pytest.raises(ValueError, match=r"^query_emb has NaN"):
+        multi_positive_ranks(torch.full_like(txt, float("nan")), txt, groups, groups)
+    with pytest.raises(ValueError, match=r"^gallery_emb has NaN or inf values \(first in row 2"):
+        multi_positive_ranks(txt, bad_txt, groups, groups)
+    with pytest.raises(ValueError, match=r"^query_group has 3 entries but there are \d+ queries$"):
+        multi_positive_ranks(txt, txt, groups[:3], groups)
+    with pytest.raises(ValueError, match=r"^gallery_group must be an integer tensor"):
+        multi_positive_ranks(txt, txt, groups, groups.float())
+    for n_folds in (True, 2.0, -5):
+        with pytest.raises(ValueError, match=r"^n_folds must be a positive integer"):
+            coco_1k_metrics(img, txt, txt2img, n_folds=n_folds)
+
+
+def test_coco_1k_defaults_to_five_folds() -> None:
+    img, txt, txt2img = quantised_problem(6, n_images=10, shuffle=False)
+    assert coco_1k_metrics(img, txt, txt2img) == coco_1k_metrics(img, txt, txt2img, n_folds=5)
+    twelve = quantised_problem(6, n_images=12, shuffle=False)
+    with pytest.raises(ValueError, match="12 images do not split into 5 equal folds"):
+        coco_1k_metrics(*twelve)
+
+
+def test_query_group_missing_from_the_gallery_is_a_clear_error() -> None:
+    emb = torch.eye(3)
+    # The largest group id (9) appears only among the queries.
+    with pytest.raises(ValueError, match=r"query 2 \(group 9\) has no positive in the gallery"):
+        multi_positive_ranks(emb, emb, torch.tensor([0, 1, 9]), torch.tensor([0, 1, 1]))
+
+
+def test_public_functions_pass_ks_chunk_size_and_device_through() -> None:
+    img, txt, txt2img = quantised_problem(7, n_images=10, shuffle=False)
+    sims = img @ txt.T
+    calls = {
+        "retrieval_metrics": lambda **kw: retrieval_metrics(sims, txt2img, **kw),
+        "from_embeddings": lambda **kw: retrieval_metrics_from_embeddings(img, txt, txt2img, **kw),
+        "coco_1k": lambda **kw: coco_1k_metrics(img, txt, txt2img, **kw),
+    }
+    for name, call in calls.items():
+        assert {k for k in call(ks=(1, 3)) if "R@" in k} == {
+            "i2t_R@1", "i2t_R@3", "t2i_R@1", "t2i_R@3"}, name
+        # An invalid chunk size or device reaches the ranking and is refused there.
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            call(chunk_size=0)
+        if name != "retrieval_metrics":  # ranking a given matrix stays on its device
+            with pytest.raises(RuntimeError, match="bogus"):
+                call(device="bogus")
+
+
+def test_summary_messages_and_odd_median() -> None:
+    with pytest.raises(ValueError, match=r"^ks is empty: give at least one K for recall@K$"):
+        summarize_ranks(torch.tensor([1]), ks=())
+    with pytest.raises(ValueError, match=r"^ranks is empty$"):
+        summarize_ranks(torch.tensor([], dtype=torch.long))
+    # Five distinct ranks: the median is the third smallest, 3.
+    assert summarize_ranks(torch.tensor([10, 1, 4, 2, 3]), ks=(1,))["medr"] == 3.0
+
+
+def test_rank_dtypes_messages_and_self_exclusion_across_chunks() -> None:
+    img, txt, txt2img = quantised_problem(8, n_images=12)
+    for ranks in (retrieval_ranks(img @ txt.T, txt2img, 5),
+                  retrieval_ranks_from_embeddings(img, txt, txt2img, 5)):
+        assert ranks[0].dtype == ranks[1].dtype == torch.long
+    with pytest.raises(ValueError, match=r"^txt2img has 2 entries but there are \d+ texts$"):
+        retrieval_ranks(img @ txt.T, txt2img[:2])
+    lonely = torch.zeros(txt.shape[0], dtype=torch.long)  # every caption on image 0
+    with pytest.raises(ValueError, match=r"^image 1 has no caption \(11 images without one\); "
+                                         r"every image needs at least one positive text$"):
+        retrieval_ranks(img @ txt.T, lonely)
+    with pytest.raises(ValueError, match=r"^gallery_group has 2 entries but there are \d+ "
+                                         r"gallery items$"):
+        multi_positive_ranks(txt, txt, txt2img, txt2img[:2])
+    # Leaving out each query's own entry must hit the same column in every chunk.
+    pairs = torch.arange(txt.shape[0]) // 2
+    pairs[-1] = pairs[-2]  # every caption has a partner, whatever the count
+    whole = multi_positive_ranks(txt, txt, pairs, pairs, True, 10_000)
+    for chunk in (1, 2, 7):
+        assert torch.equal(multi_positive_ranks(txt, txt, pairs, pairs, True, chunk), whole)
+    # Six items, chunks of 4: in the second chunk (rows 4, 5) the only partners are columns
+    # 2 and 3, so a self column computed wrongly there would drop the one positive.
+    groups = torch.tensor([0, 0, 1, 2, 1, 2])
+    emb = torch.nn.functional.normalize(torch.randn(6, 3, generator=torch.Generator()
+                                                    .manual_seed(0)), dim=-1)
+    assert torch.equal(multi_positive_ranks(emb, emb, groups, groups, True, 4),
+                       multi_positive_ranks(emb, emb, groups, groups, True, 6))

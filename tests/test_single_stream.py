@@ -245,3 +245,65 @@ def test_flops_split_cached_features_from_the_first_stage_head():
     pure = flops_summary(lambda: build_single_stream(tiny_cfg(), vocab_size=VOCAB),
                          image_size=32, text_len=10)
     assert "first_stage_image_flops" not in pure and pure["pair_score_flops"] > 0
+
+
+def _itm_pairs(m: SingleStream, batch: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch,
+               sims: tuple[torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[list[tuple[int, int]], list[int]]:
+    """The (image row, caption row) pairs the ITM loss scores, and their labels, by spying."""
+    image = m.image_features(batch["images"])
+    text = m.text_features(batch)
+    seen: dict[str, object] = {}
+    itm_logits, cross_entropy = m.itm_logits, torch.nn.functional.cross_entropy
+
+    def spy_logits(img, txt):
+        seen["img"], seen["txt"] = img.tokens, txt.tokens
+        return itm_logits(img, txt)
+
+    def spy_ce(logits, labels, *args, **kwargs):
+        seen["labels"] = labels.tolist()
+        return cross_entropy(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(m, "itm_logits", spy_logits)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy_ce)
+    m.itm_loss(image, text, batch["image_ids"], sims)
+
+    def row_of(rows: torch.Tensor, table: torch.Tensor) -> list[int]:
+        # Each scored row is an exact copy of one batch row's features.
+        return [next(i for i in range(len(table)) if torch.equal(r, table[i])) for r in rows]
+
+    pairs = list(zip(row_of(seen["img"], image.tokens), row_of(seen["txt"], text.tokens)))
+    return pairs, seen["labels"]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_itm_negatives_never_pair_captions_of_the_same_image(hard, monkeypatch):
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(), vocab_size=VOCAB)
+    batch = train_batch(6)  # image ids 0 0 1 1 2 2: each image has a second, true caption
+    ids = batch["image_ids"].tolist()
+    n = len(ids)
+    same = batch["image_ids"][:, None] == batch["image_ids"][None, :]
+    # Hard-negative logits that favour the same-image caption as much as they can.
+    sims = (same.float() * 50.0, same.float() * 50.0) if hard else None
+    for _ in range(10):  # negatives are drawn at random: several draws
+        pairs, labels = _itm_pairs(m, batch, monkeypatch, sims)
+        # n positives, then one negative caption per image row and one negative image per
+        # caption row: every row has one here.
+        assert len(pairs) == len(labels) == 3 * n
+        assert labels == [1] * n + [0] * (2 * n)
+        assert pairs[:n] == [(r, r) for r in range(n)]
+        for (img_row, txt_row), label in zip(pairs, labels):
+            assert (ids[img_row] == ids[txt_row]) == (label == 1), (img_row, txt_row, label)
+        negatives = pairs[n:]
+        assert [p[0] for p in negatives[:n]] == list(range(n))  # a caption for each image
+        assert [p[1] for p in negatives[n:]] == list(range(n))  # an image for each caption
+
+
+def test_itm_of_one_image_batch_scores_positives_only(monkeypatch):
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(), vocab_size=VOCAB)
+    batch = train_batch(4)
+    batch["image_ids"] = torch.zeros(4, dtype=torch.long)  # every caption is a true one
+    pairs, labels = _itm_pairs(m, batch, monkeypatch)
+    assert pairs == [(r, r) for r in range(4)] and labels == [1, 1, 1, 1]

@@ -104,7 +104,7 @@ def status_text(row: Mapping[str, Any]) -> str:
     status = row.get("status")
     if status == "done" and row.get("has_result"):
         return "done"
-    error = str(row.get("error") or "")
+    error = "" if missing(row.get("error")) else str(row.get("error"))  # NaN: no error
     reason = {"missing": "missing: never run (no run directory)"
                          + (f"; {error}" if error else ""),
               "pending": "pending: not started", "running": "running: no result yet",
