@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pytest
+from slurm_jobs import poll, scontrol_job
 
 from harness.run import main
 
@@ -85,21 +85,6 @@ def test_rejected_sbatch_option_is_reported_with_its_stage(slurm_cluster, tmp_pa
     assert "partition" in out.lower()
 
 
-def _poll(what, check, timeout_s=300.0, every_s=0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def _scontrol_job(job_id):
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
-    return dict(re.findall(r"(\w+)=(\S+)", out.stdout))
-
-
 def _logged_steps(run_dir):
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -118,10 +103,10 @@ def test_preempted_stage_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
     train_dir = next((tmp_path / "runs").glob("finetune-*"))
     job_id = train["job_id"]
 
-    _poll("the first logged steps", lambda: len(_logged_steps(train_dir)) >= 3)
+    poll("the first logged steps", lambda: len(_logged_steps(train_dir)) >= 3)
     # What SLURM sends before a time limit or on preemption (submitit: --signal=USR2@delay).
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    _poll("the requeue", lambda: int(_scontrol_job(job_id).get("Restarts", 0)) >= 1)
+    poll("the requeue", lambda: int(scontrol_job(job_id).get("Restarts", 0)) >= 1)
     stopped_at = max(_logged_steps(train_dir))
     assert (train_dir / "checkpoints" / "latest.pt").is_file()
     assert not (train_dir / "result.json").exists()
@@ -134,7 +119,7 @@ def test_preempted_stage_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
         return any((d / name).is_file() for d, name in
                    ((eval_dir, "result.json"), (eval_dir, "FAILED"), (train_dir, "FAILED")))
 
-    _poll("the resumed stage and its evaluation", finished, timeout_s=600)
+    poll("the resumed stage and its evaluation", finished, timeout_s=600)
     assert not (train_dir / "FAILED").exists(), (train_dir / "FAILED").read_text()
     assert (eval_dir / "result.json").is_file()
 
@@ -145,7 +130,7 @@ def test_preempted_stage_requeues_and_resumes_from_its_checkpoint(slurm_cluster,
     assert resumed, logs[-3000:]
     # It resumed from the step the signal stopped it at, not from the start.
     assert 0 < int(resumed.group(1)) and int(resumed.group(1)) >= stopped_at
-    assert int(_scontrol_job(job_id).get("Restarts", 0)) == 1
+    assert int(scontrol_job(job_id).get("Restarts", 0)) == 1
     capsys.readouterr()
     assert main(args) == 0
     assert "0 submitted, 2 already done" in capsys.readouterr().out

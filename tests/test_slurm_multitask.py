@@ -12,10 +12,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from slurm_jobs import poll, scontrol_job
 
 from harness.launch.slurm import check_allocation
 from harness.run import main
@@ -47,21 +47,6 @@ def _grid_args(root: Path, data: Path, steps: int, *extra: str, batch: int = 16)
             *_stage_args(root, data, steps, batch), *extra]
 
 
-def _poll(what: str, check, timeout_s: float = 300.0, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def _scontrol_job(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
-    return dict(re.findall(r"(\w+)=(\S+)", out.stdout))
-
-
 def _records(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -79,16 +64,16 @@ def _finetune_job(root: Path) -> tuple[str, Path]:
 def _usr2_and_requeue(root: Path) -> dict:
     """Signal the finetune job like SLURM before a time limit; wait for the grid to finish."""
     job_id, train_dir = _finetune_job(root)
-    _poll("the first logged steps", lambda: len(_records(train_dir)) >= 3)
+    poll("the first logged steps", lambda: len(_records(train_dir)) >= 3)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    _poll("the requeue", lambda: int(_scontrol_job(job_id).get("Restarts", 0)) >= 1)
+    poll("the requeue", lambda: int(scontrol_job(job_id).get("Restarts", 0)) >= 1)
     stopped = load_checkpoint(train_dir / "checkpoints" / "latest.pt")
     failed = train_dir / "FAILED"
     assert not failed.exists(), failed.read_text()
     # SLURM holds a requeued job back (BeginTime) for about two minutes; release it now.
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     eval_dir = next((root / "runs").glob("eval-*"))
-    _poll("the resumed stage and its evaluation",
+    poll("the resumed stage and its evaluation",
           lambda: any(p.is_file() for p in (eval_dir / "result.json", eval_dir / "FAILED",
                                             train_dir / "FAILED")), timeout_s=600)
     assert not failed.exists(), failed.read_text()
@@ -96,7 +81,7 @@ def _usr2_and_requeue(root: Path) -> dict:
             for p in (root / "runs" / ".slurm" / job_id).glob("*_log.out")
             if (m := re.search(r"_(\d+)_log\.out$", p.name))}
     return {"job_id": job_id, "train_dir": train_dir, "eval_dir": eval_dir, "logs": logs,
-            "stopped": stopped, "restarts": int(_scontrol_job(job_id).get("Restarts", 0))}
+            "stopped": stopped, "restarts": int(scontrol_job(job_id).get("Restarts", 0))}
 
 
 @pytest.mark.slurm
