@@ -11,11 +11,12 @@ the bytes free, and leaves the previous file in place.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 # Quota exhaustion (EDQUOT, common on cluster home and scratch folders) is a full disk too.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
@@ -142,3 +143,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, size_hint: i
                                   left=describe_previous(path)) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """JSON (sorted keys, indented) written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

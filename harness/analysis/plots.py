@@ -34,9 +34,8 @@ from harness.analysis.tables import (  # noqa: E402
     paper_index,
     paper_protocol,
 )
-from harness.atomic import atomic_write  # noqa: E402
+from harness.atomic import atomic_write, atomic_write_text  # noqa: E402
 from harness.launch.grid import TRAINING_TASKS  # noqa: E402
-from harness.launch.store import atomic_write_text  # noqa: E402
 
 KS = (1, 5, 10)
 Figure = tuple[Path, str]  # (PNG path, caption); the PDF sits beside the PNG

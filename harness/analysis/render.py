@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.launch.store import atomic_write_text
+from harness.atomic import atomic_write_text
 
 
 @dataclass

@@ -24,8 +24,8 @@ import pandas as pd
 from harness.analysis.collect import collect_plan
 from harness.analysis.paper import load_paper_numbers, paper_rsum
 from harness.analysis.render import Section, Table, to_markdown, write_table
+from harness.atomic import atomic_write_text
 from harness.launch.grid import PlannedStage
-from harness.launch.store import atomic_write_text
 
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
 METRICS = (*RECALL_KEYS, "rsum")

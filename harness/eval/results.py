@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.launch.store import atomic_write_json
+from harness.atomic import atomic_write_json
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "stage_id", "grid", "task", "model", "dataset", "split",

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from harness.atomic import atomic_write
+# Re-exported: callers in launch/ and older code import the writers from here.
+from harness.atomic import atomic_write_json, atomic_write_text  # noqa: F401
+from harness.eval.results import result_problem
 from harness.launch.lock import describe, pid_alive, read_owner
 
 Status = Literal["done", "running", "interrupted", "failed", "pending"]
@@ -35,16 +37,6 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "task.cache_features",
     "model.params_m",  # a claimed size that tests check, not an input to the stage
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically."""
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """JSON (sorted keys, indented) written atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _drop_key(tree: dict[str, Any], dotted: str) -> None:
@@ -130,8 +122,6 @@ def stage_state(run_dir: Path) -> tuple[Status, str | None]:
     requeued, a truncated record): the next run reruns it. A SLURM job dropped before it
     started (its dependency failed) leaves a stage ``pending``.
     """
-    from harness.eval.results import result_problem
-
     if (run_dir / DONE_MARKER).is_file():
         problem = result_problem(run_dir)
         if problem is None:
