@@ -154,7 +154,7 @@ def loader_rate(loader: DataLoader, batches: int) -> float:
 
 def seeding_cost_us(n: int = 20000) -> float:
     """Median microseconds of one ``seeded(seed, position)`` block (5 repeats)."""
-    from harness.train.sampling import seeded
+    from harness.seeding import seeded
 
     times = []
     for _ in range(5):

@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import GROUPS, ConfigValueError, compose, group_choices, to_plain
 from harness.launch.grid import PlannedStage
 from harness.launch.lock import StageBusy
+from harness.procs import REQUEUE_EXIT, Preempted
 from harness.registry import UnknownNameError
-from harness.train.signals import REQUEUE_EXIT, Preempted
 
 # The commands of the README's "Running things" (a test keeps the two in step).
 COMMANDS = """\

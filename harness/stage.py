@@ -45,7 +45,7 @@ TaskFn = Callable[[DictConfig, Path, Path], dict[str, Any]]
 def _prepare_data(cfg: DictConfig) -> None:
     if cfg.data.get("generate") and cfg.task.name != "bench":
         from harness.data.synthetic import ensure_synthetic
-        from harness.train.distributed import init_distributed, main_process_first
+        from harness.dist import init_distributed, main_process_first
 
         if cfg.task.name in ("pretrain", "finetune"):  # joins the process group under DDP
             init_distributed(torch.device(cfg.task.device).type if cfg.task.get("device")
@@ -104,7 +104,7 @@ def _transform(cfg: DictConfig, train: bool) -> Any:
 def train_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     """Pretrain on a pair corpus or fine-tune on a caption dataset's train split."""
     from harness.data.pretrain import ShardPairs, shard_captions
-    from harness.train.distributed import init_distributed, main_process_first
+    from harness.dist import init_distributed, main_process_first
 
     env = init_distributed(torch.device(cfg.task.device).type if cfg.task.get("device") else None)
     report = DataReport(cfg.data.on_bad_sample)
@@ -255,7 +255,7 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
     multi-process launcher every rank runs this; only rank 0 takes the lock and writes the
     run directory's records (config, env, markers, result), the others only compute.
     """
-    from harness.train.distributed import world_info_from_env
+    from harness.dist import world_info_from_env
 
     if cfg.task.name not in TASKS:
         raise ValueError(f"unknown task {cfg.task.name!r}; valid: {', '.join(TASKS)}")

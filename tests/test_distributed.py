@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.dist import first_host, world_info_from_env
 from harness.models.contrastive import gather_features, symmetric_info_nce
 from harness.train.checkpoint import load_checkpoint
-from harness.train.distributed import first_host, world_info_from_env
 from harness.train.loop import NonFiniteLossError, train
 from harness.train.step import supports_feature_cache
 
@@ -108,7 +108,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     out_dir = Path(out)
-    from harness.train.distributed import init_distributed
+    from harness.dist import init_distributed
 
     init_distributed("cpu")
     data = PairData()

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.procs import REQUEUE_EXIT, STOP_SIGNALS
 from harness.train.checkpoint import load_checkpoint
 from harness.train.loop import Preempted, train
 from harness.train.sampling import build_loader
-from harness.train.signals import REQUEUE_EXIT, STOP_SIGNALS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_worker_signalled_while_starting_survives():
     """A spawned worker imports torch for a second before its worker_init_fn runs."""
     from torch.utils.data import DataLoader
 
-    from harness.train.signals import ignore_stop_signals, stop_signals_blocked
+    from harness.procs import ignore_stop_signals, stop_signals_blocked
 
     loader = DataLoader(Dispositions(), batch_size=4, num_workers=1, worker_init_fn=
                         ignore_stop_signals, multiprocessing_context="spawn")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from harness.data.images import find_bad_images, load_rgb
 from harness.data.report import DataError, DataReport
 from harness.data.transforms import ImageTransform
-from harness.train.sampling import mix_seed, seeded
+from harness.seeding import mix_seed, seeded
 
 Item = dict[str, Any]
 IMAGE_COLUMNS = ("image", "filepath", "image_path", "url")

@@ -23,9 +23,9 @@ from harness.atomic import atomic_write
 from harness.data.karpathy import CaptionCorpus
 from harness.data.loaders import ImageFiles
 from harness.data.transforms import ImageTransform
+from harness.dist import current, gather_objects
 from harness.interfaces import DualEncoder
-from harness.train.distributed import current, gather_objects
-from harness.train.signals import ignore_stop_signals
+from harness.procs import ignore_stop_signals
 
 Tokenize = Callable[[Sequence[str]], dict[str, Tensor]]
 

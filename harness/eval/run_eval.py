@@ -17,7 +17,7 @@ from harness.data.transforms import ImageTransform
 from harness.eval.features import cached_embeddings, encode_images, encode_texts
 from harness.eval.retrieval import retrieval_metrics_from_embeddings
 from harness.eval.unimodal import unimodal_metrics
-from harness.train.signals import ignore_stop_signals
+from harness.procs import ignore_stop_signals
 
 Tokenize = Callable[[Sequence[str]], dict[str, Tensor]]
 

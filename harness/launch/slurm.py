@@ -42,9 +42,9 @@ class StageJob:
 
     def __call__(self) -> str:
         from harness.config import compose
+        from harness.dist import world_info_from_env
+        from harness.procs import Preempted
         from harness.stage import run_stage
-        from harness.train.distributed import world_info_from_env
-        from harness.train.signals import Preempted
 
         try:
             return str(run_stage(compose(self.overrides), Path(self.run_root), grid=self.grid))

@@ -1,6 +1,6 @@
 """The training loop every model shares: distributed, resumable, logged, stopping on NaN.
 
-One code path for one process and for DDP (``harness.train.distributed``): rank 0 writes
+One code path for one process and for DDP (``harness.dist``): rank 0 writes
 checkpoints and metrics, the others wait at barriers. A checkpoint holds everything a step
 depends on (weights, optimizer, scheduler, scaler, every rank's RNG, the data position), so
 an interrupted run resumed from ``checkpoints/latest.pt`` ends bitwise identical to an
@@ -20,6 +20,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, IterableDataset
 
+from harness.dist import (
+    DistEnv,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+)
+from harness.procs import Preempted, StopSignals, stop_signals_blocked
 from harness.train.checkpoint import (
     atomic_save,
     checkpoint_note,
@@ -28,18 +37,9 @@ from harness.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from harness.train.distributed import (
-    DistEnv,
-    all_reduce_mean,
-    barrier,
-    broadcast_object,
-    gather_objects,
-    init_distributed,
-)
 from harness.train.metrics import MetricsLog
 from harness.train.optim import build_optimizer, build_scheduler
 from harness.train.sampling import ResumableSampler, build_loader
-from harness.train.signals import Preempted, StopSignals, stop_signals_blocked
 from harness.train.step import NonFiniteLossError, Stepper, resolve_precision
 
 __all__ = ["NonFiniteLossError", "Preempted", "ResumableSampler", "StopSignals", "TrainSummary",

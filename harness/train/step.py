@@ -24,7 +24,7 @@ from typing import Any, Callable, ContextManager, Mapping
 import torch
 from torch import Tensor, nn
 
-from harness.train.distributed import all_reduce_gradients, all_reduce_max, is_distributed
+from harness.dist import all_reduce_gradients, all_reduce_max, is_distributed
 
 Batch = dict[str, Tensor]
 
@@ -139,7 +139,7 @@ class Stepper:
                 find_unused_parameters=bool(cfg.get("ddp_find_unused", True)),
                 static_graph=bool(cfg.get("ddp_static_graph", False)))
         elif is_distributed():
-            from harness.train.distributed import broadcast_parameters
+            from harness.dist import broadcast_parameters
 
             broadcast_parameters(model)  # DDP would do this when wrapping
         if cfg.get("compile"):
