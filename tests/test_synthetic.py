@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.data import synthetic
+from harness.data.synthetic import build as synthetic
 from harness.data.synthetic import ensure_synthetic, generate
-from harness.data.synthetic_captions import SHAPE_WORDS, SIZE_WORDS
-from harness.data.synthetic_scenes import COLOURS
+from harness.data.synthetic.captions import SHAPE_WORDS, SIZE_WORDS
+from harness.data.synthetic.scenes import COLOURS
 
 SMALL = {"n_images": 60, "pretrain_pairs": 40, "shard_size": 16}
 SHAPE_OF = {word: shape for shape, words in SHAPE_WORDS.items() for w in words

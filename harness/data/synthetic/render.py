@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness.data.synthetic_scenes import COLOURS, GRID, SceneObject
+from harness.data.synthetic.scenes import COLOURS, GRID, SceneObject
 
 JPEG_QUALITY = 90
 # Shapes are drawn at this multiple of the output size and box-filtered down: anti-aliased

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from itertools import combinations
 
-from harness.data.synthetic_scenes import SceneObject
+from harness.data.synthetic.scenes import SceneObject
 
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "disc", "ball"),

@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset: an offline, deterministic stand-in for COCO / Flickr30K.
+"""Write the embedded synthetic dataset: an offline, deterministic stand-in for COCO / Flickr30K.
 
 ``python -m harness.data.synthetic --out DIR [--images N] [--seed S]`` writes::
 
@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.data.synthetic_captions import image_captions, tokenize, web_caption
-from harness.data.synthetic_render import render
-from harness.data.synthetic_scenes import SPLITS, Scene, plan_scenes, sample_scenes
+from harness.data.synthetic.captions import image_captions, tokenize, web_caption
+from harness.data.synthetic.render import render
+from harness.data.synthetic.scenes import SPLITS, Scene, plan_scenes, sample_scenes
 
 FORMAT_VERSION = 1
 ANNOTATION = "dataset_synthetic.json"
@@ -362,6 +362,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{summary_line(args.out)} [{how}]")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
