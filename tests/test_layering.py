@@ -44,6 +44,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.run", "harness.report", "harness.model_check"),
 )
 
+# Pairs the order alone would allow but that must stay apart: analysis reads run records and
+# never needs the code that trained the runs.
+INDEPENDENT: tuple[tuple[str, str], ...] = (("harness.analysis", "harness.train"),)
+
 # Known edges that other work in flight removes (issue 15, items 2 and 4: analysis reads
 # run records and manifests, not the planner; table cells and paper joins move below the
 # table builders; the two executors share a job module). Each entry must still exist: the
@@ -193,6 +197,22 @@ def test_no_import_from_a_higher_layer(graph: dict[str, set[str]]) -> None:
     upward = upward_imports(_without_allowed(graph))
     lines = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})" for a, b in upward]
     assert not upward, "upward imports:\n" + "\n".join(lines)
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def independent_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Edges between packages that :data:`INDEPENDENT` keeps apart."""
+    return sorted((a, b) for a, targets in graph.items() for b in targets
+                  for low, high in INDEPENDENT if _under(a, low) and _under(b, high))
+
+
+def test_independent_packages_stay_apart(graph: dict[str, set[str]]) -> None:
+    found = independent_imports(_without_allowed(graph))
+    assert not found, "imports between independent packages: " + ", ".join(
+        f"{a} -> {b}" for a, b in found)
 
 
 def test_no_import_cycle(graph: dict[str, set[str]]) -> None:
