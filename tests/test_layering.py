@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "cookie", "baselines")
+USER_DIRS = ("tests", "bench", "scripts")
 
 # Bottom to top; a module may import its own layer and the ones below it. Each module gets
 # the layer of the longest prefix below that names it; "harness" names only the package's
@@ -113,6 +114,32 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return {name for name in found if name is not None and name != module}
 
 
+def missing_modules(root: Path = REPO) -> list[str]:
+    """``file: name`` for each import of a checked package's module that does not exist.
+
+    ``import a.b`` and ``from a.b import x`` both need a module ``a.b``; after a module
+    moves, an import of its old place would otherwise count as an import of the parent
+    package and pass the layer checks unnoticed.
+    """
+    modules = module_files(root)
+    # Tests and benchmarks import the packages too (a stale one would only fail when run).
+    users = [(name, path) for name, path in modules.items()] + [
+        (path.stem, path) for folder in USER_DIRS for path in sorted((root / folder).rglob("*.py"))]
+    missing = []
+    for module, path in users:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.level == 0 or module in modules):
+                wanted = [_resolve(module, path.name == "__init__.py", node)]
+            else:
+                continue
+            missing += [f"{path.relative_to(root)}:{node.lineno}: {name}" for name in wanted
+                        if name.split(".")[0] in PACKAGES and name not in modules]
+    return missing
+
+
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
     """Module -> the checked modules it imports."""
     modules = module_files(root)
@@ -196,6 +223,11 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
     assert not unplaced, f"tests/test_layering.py LAYERS places no layer for: {unplaced}"
 
 
+def test_imports_name_modules_that_exist() -> None:
+    missing = missing_modules()
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
+
+
 def test_no_import_from_a_higher_layer(graph: dict[str, set[str]]) -> None:
     upward = upward_imports(_without_allowed(graph))
     lines = [f"{a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)})" for a, b in upward]
@@ -254,3 +286,5 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     assert graph["harness.train.loop"] == {"harness.data.a", "harness.train.step"}
     assert upward_imports(graph) == [("harness.data.a", "harness.train.loop")]
     assert cycles(graph) == [["harness.data.a", "harness.train.loop", "harness.train.step"]]
+    (tmp_path / "harness" / "data" / "b.py").write_text("from harness.train.gone import x\n")
+    assert missing_modules(tmp_path) == ["harness/data/b.py:1: harness.train.gone"]
