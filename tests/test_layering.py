@@ -1,7 +1,8 @@
 """Layers point one way: no import cycle between modules, no import from a higher layer.
 
-Imports are read with ``ast`` (nothing is imported), including the ones inside functions:
-a lazy import is still a dependency, it only moves the failure to run time.
+Every module has a layer, and every import names a module that exists. Imports are read
+with ``ast`` (nothing is imported), including the ones inside functions: a lazy import
+is still a dependency, it only moves the failure to run time.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ USER_DIRS = ("tests", "bench", "scripts")
 
 # Bottom to top; a module may import its own layer and the ones below it. Each module gets
 # the layer of the longest prefix below that names it; "harness" names only the package's
-# __init__, so a new top-level module must be placed here on purpose. The order is the direction of
-# knowledge: a run record is written by execution and read by analysis, so analysis sits
-# above what writes records (eval, train) and below what plans and runs grids (launch),
-# which it must never need.
+# __init__, so a new top-level module must be placed here on purpose. The order is the
+# direction of knowledge: a run record is written by execution and read by analysis, so
+# analysis sits above what writes records (eval, train) and below what plans and runs grids
+# (launch), which it must never need.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # Foundation: atomic files, run records and grid manifests, seeds, world/rank, signals,
     # names, protocols.
