@@ -85,6 +85,12 @@ def test_mean_rank_normal_draws_match_explicit_resampling():
     assert abs(fast[0] - slow[0]) < 0.1 * width and abs(fast[1] - slow[1]) < 0.1 * width
 
 
+def test_mean_rank_draws_stay_within_the_observed_ranks():
+    ranks = np.array([1, 1, 1, 1, 1, 40])  # six queries: a normal tail would go below 1
+    drawn = mean_samples(ranks, 5000, np.random.default_rng(0))
+    assert drawn.min() >= 1 and drawn.max() <= 40 and drawn.min() == 1
+
+
 def test_every_metric_has_an_interval_around_its_point_value():
     rng = np.random.default_rng(5)
     i2t, t2i = rng.geometric(0.2, 200), rng.geometric(0.1, 1000)

@@ -97,7 +97,10 @@ def median_samples(ranks: np.ndarray, samples: int, rng: np.random.Generator) ->
 def mean_samples(ranks: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
     """[samples] resampled mean ranks from their normal limit (mean, population sd / sqrt n)."""
     r = ranks.astype(np.float64)
-    return r.mean() + r.std() / np.sqrt(r.size) * rng.standard_normal(samples)
+    drawn = r.mean() + r.std() / np.sqrt(r.size) * rng.standard_normal(samples)
+    # A resample's mean lies between the smallest and largest rank; the normal tail of a
+    # handful of queries would not.
+    return np.clip(drawn, r.min(), r.max())
 
 
 def resampled_mean_ranks(ranks: np.ndarray, samples: int, rng: np.random.Generator,
