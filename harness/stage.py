@@ -19,6 +19,7 @@ from harness.data.text import Tokenizer, resolve_tokenizer
 from harness.data.transforms import build_transform
 from harness.eval.features import feature_key
 from harness.eval.results import make_result, write_result
+from harness.eval.retrieval import record_per_query
 from harness.eval.run_eval import evaluate_cross, evaluate_dual
 from harness.interfaces import is_cross_encoder
 from harness.launch.lock import acquire, owner_identity
@@ -193,6 +194,7 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     transform, workers = _transform(cfg, train=False), int(cfg.task.num_workers)
+    per_query: dict[str, Any] = {}
     if is_cross_encoder(model):
         metrics, protocol, timings = evaluate_cross(model, corpus, transform, tokenizer,
                                                     task=to_plain(cfg.task), device=device,
@@ -202,12 +204,16 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
         preprocessing = {"image_size": int(cfg.model.image_size), "mean": list(cfg.model.mean),
                          "std": list(cfg.model.std), "max_text_len": int(cfg.data.max_text_len),
                          "eval_crop_pct": to_plain(cfg.data.augment).get("eval_crop_pct", 1.0)}
+        ranks: dict[str, torch.Tensor] = {}
         metrics, protocol, timings = evaluate_dual(
             model, corpus, transform, tokenizer, batch_size=int(cfg.task.batch_size),
             device=device, num_workers=workers,
             cache_dir=run_root / ".features" if cfg.task.get("cache_features", True) else None,
-            cache_key=feature_key(checkpoint, cfg.data.name, cfg.task.split, preprocessing))
-    return {"split": cfg.task.split, "metrics": metrics,
+            cache_key=feature_key(checkpoint, cfg.data.name, cfg.task.split, preprocessing),
+            ranks_out=ranks)
+        # Per-query ranks and bootstrap intervals: result.json's per_query and intervals.
+        per_query = record_per_query(run_dir, ranks, to_plain(cfg.task.get("bootstrap")))
+    return {"split": cfg.task.split, "metrics": metrics, **per_query,
             "protocol": {"dataset": cfg.data.name, "split": cfg.task.split,
                          "n_images": corpus.n_images, "n_texts": corpus.n_texts,
                          "image_size": int(cfg.model.image_size),

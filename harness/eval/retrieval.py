@@ -4,15 +4,28 @@
 The ranks come from :mod:`harness.eval.ranking` (counting, chunked, exact ties by gallery
 index); this module turns them into the contract's keys, R@K in percent, and adds COCO's
 "1K" protocol (the mean over five folds of 1,000 images).
+
+It also keeps the ranks themselves: :func:`record_per_query` writes every query's rank of its
+first positive to ``ranks.npz`` in the run directory (int32 arrays ``i2t``, ``t2i`` and, for
+dual encoders, ``t2t``/``i2i`` with 0 for a query that has no positive) and returns the
+``per_query`` path and the bootstrap ``intervals`` (:mod:`harness.eval.bootstrap`) for
+``result.json``, so any metric and any interval can be recomputed without the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from harness.atomic import atomic_write
+from harness.eval.bootstrap import DEFAULT_LEVEL, DEFAULT_SAMPLES, DEFAULT_SEED, bootstrap_intervals
 from harness.eval.ranking import (  # noqa: F401  (re-exported: the public ranking API)
     CPU_CHUNK_SIZE,
     GPU_CHUNK_SIZE,
@@ -25,6 +38,7 @@ from harness.eval.ranking import (  # noqa: F401  (re-exported: the public ranki
 )
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+PER_QUERY_FILE = "ranks.npz"
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -129,3 +143,51 @@ def coco_1k_metrics(
             )
         )
     return {key: sum(m[key] for m in folds) / n_folds for key in folds[0]}
+
+
+# --------------------------------------------------------------------------- per-query ranks
+
+
+def write_per_query(run_dir: Path, ranks: Mapping[str, Tensor | np.ndarray]) -> str:
+    """Write ``ranks.npz`` (one int32 array per direction) atomically; its path in run_dir."""
+    arrays = {}
+    for direction, r in ranks.items():
+        arr = np.asarray(torch.as_tensor(r).cpu())
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"per-query ranks {direction!r} must be a 1-D integer array, got "
+                             f"{arr.dtype} of shape {arr.shape}")
+        arrays[direction] = arr.astype(np.int32)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(Path(run_dir) / PER_QUERY_FILE, lambda handle: handle.write(buffer.getvalue()))
+    return PER_QUERY_FILE
+
+
+def read_per_query(path: Path) -> dict[str, np.ndarray]:
+    """Direction -> int32 ranks (0: no positive) from a ``ranks.npz``; ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable per-query rank file ({exc})") from exc
+
+
+def record_per_query(run_dir: Path, ranks: Mapping[str, Tensor | np.ndarray],
+                     bootstrap: Mapping[str, Any] | None = None,
+                     ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
+    """Write ``ranks.npz``; ``{"per_query": its path, "intervals": ...}`` for result.json.
+
+    ``bootstrap`` holds ``samples``, ``seed`` and ``level`` (config ``task.bootstrap``);
+    ``samples: 0`` writes the ranks without intervals. Ranks 0 (queries without a positive)
+    are left out of the intervals, as they are of the metrics.
+    """
+    settings = dict(bootstrap or {})
+    samples = int(settings.get("samples", DEFAULT_SAMPLES))
+    out: dict[str, Any] = {"per_query": write_per_query(run_dir, ranks)}
+    if samples > 0:
+        kept = {d: r[r > 0] for d, r in
+                ((d, np.asarray(torch.as_tensor(r).cpu())) for d, r in ranks.items())}
+        out["intervals"] = bootstrap_intervals(
+            {d: r for d, r in kept.items() if r.size}, ks, samples,
+            int(settings.get("seed", DEFAULT_SEED)), float(settings.get("level", DEFAULT_LEVEL)))
+    return out

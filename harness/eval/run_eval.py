@@ -15,7 +15,7 @@ from harness.data.karpathy import CaptionCorpus
 from harness.data.loaders import ImageFiles
 from harness.data.transforms import ImageTransform
 from harness.eval.features import cached_embeddings, encode_images, encode_texts
-from harness.eval.retrieval import retrieval_metrics_from_embeddings
+from harness.eval.retrieval import metrics_from_ranks, retrieval_ranks_from_embeddings
 from harness.eval.unimodal import unimodal_metrics
 from harness.procs import ignore_stop_signals
 
@@ -24,10 +24,12 @@ Tokenize = Callable[[Sequence[str]], dict[str, Tensor]]
 
 def evaluate_dual(model: nn.Module, corpus: CaptionCorpus, transform: ImageTransform,
                   tokenize: Tokenize, *, batch_size: int, device: torch.device,
-                  num_workers: int, cache_dir: Path | None = None, cache_key: str = ""
+                  num_workers: int, cache_dir: Path | None = None, cache_key: str = "",
+                  ranks_out: dict[str, Tensor] | None = None
                   ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """(metrics incl. unimodal, protocol fields, timings) of an embedding model; embeddings
-    come from ``cache_dir/<cache_key>.pt`` when an earlier evaluation stored them."""
+    come from ``cache_dir/<cache_key>.pt`` when an earlier evaluation stored them, and each
+    query's rank goes to ``ranks_out`` by direction (i2t, t2i, t2t, i2i) when given."""
     def encode() -> tuple[Tensor, Tensor]:
         img = encode_images(model, corpus, transform, batch_size=batch_size, device=device,
                             num_workers=num_workers)
@@ -39,10 +41,14 @@ def evaluate_dual(model: nn.Module, corpus: CaptionCorpus, transform: ImageTrans
     img, txt, hit = cached_embeddings(cache_dir, cache_key, encode)
     t1 = time.perf_counter()
     txt2img = torch.tensor(corpus.txt2img)
-    metrics = retrieval_metrics_from_embeddings(img, txt, txt2img, device=device)
+    i2t, t2i = retrieval_ranks_from_embeddings(img, txt, txt2img, device=device)
+    metrics = metrics_from_ranks(i2t, t2i)
     t2 = time.perf_counter()
+    if ranks_out is not None:
+        ranks_out.update(i2t=i2t, t2i=t2i)
     # Same embeddings, other queries: the paper's "text matching" and "image retrieval".
-    metrics.update(unimodal_metrics(img, txt, txt2img, corpus.scene_ids, device=device))
+    metrics.update(unimodal_metrics(img, txt, txt2img, corpus.scene_ids, device=device,
+                                    ranks_out=ranks_out))
     protocol = {"first_stage": None, "k_test": None, "fusion": None}
     # A cache hit's encode time is a read, not an encode: say so next to the number.
     return metrics, protocol, {"encode_s": round(t1 - t0, 3), "rank_s": round(t2 - t1, 3),

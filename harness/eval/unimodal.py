@@ -37,8 +37,10 @@ def _usable_groups(groups: Tensor) -> tuple[Tensor, Tensor]:
 
 def self_excluded_metrics(emb: Tensor, groups: Tensor, prefix: str,
                           ks: Sequence[int] = DEFAULT_KS, chunk_size: int | None = None,
-                          device: torch.device | str | None = None) -> dict[str, float]:
-    """R@K / medr / meanr of each item querying the others, positives sharing its group."""
+                          device: torch.device | str | None = None,
+                          ranks_out: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """R@K / medr / meanr of each item querying the others, positives sharing its group;
+    ``ranks_out[prefix without "_"]`` receives every item's rank (0 where skipped)."""
     groups, kept = _usable_groups(groups)
     n_kept = int(kept.sum())
     out: dict[str, float] = {f"{prefix}queries": float(n_kept),
@@ -53,23 +55,28 @@ def self_excluded_metrics(emb: Tensor, groups: Tensor, prefix: str,
     ranks = multi_positive_ranks(emb, emb, query_groups, groups, exclude_self=True,
                                  device=device, **chunking)
     out.update(summarize_ranks(ranks[kept], ks, prefix))
+    if ranks_out is not None:
+        ranks_out[prefix.rstrip("_")] = torch.where(kept, ranks, 0)
     return out
 
 
 def unimodal_metrics(img_emb: Tensor, txt_emb: Tensor, txt2img: Tensor,
                      scene_ids: Tensor | Sequence[int] | None,
                      ks: Sequence[int] = DEFAULT_KS, chunk_size: int | None = None,
-                     device: torch.device | str | None = None) -> dict[str, float]:
-    """Caption->caption (same image) and image->image (same scene) retrieval metrics."""
+                     device: torch.device | str | None = None,
+                     ranks_out: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """Caption->caption (same image) and image->image (same scene) retrieval metrics;
+    per-query ranks go to ``ranks_out`` (see :func:`self_excluded_metrics`) when given."""
     txt2img = torch.as_tensor(txt2img)
     if txt2img.numel() != txt_emb.shape[0]:
         raise ValueError(f"txt2img has {txt2img.numel()} entries but there are "
                          f"{txt_emb.shape[0]} texts")
-    out = self_excluded_metrics(txt_emb, txt2img, "t2t_", ks, chunk_size, device)
+    out = self_excluded_metrics(txt_emb, txt2img, "t2t_", ks, chunk_size, device, ranks_out)
     if scene_ids is not None:
         scene_ids = torch.as_tensor(scene_ids)
         if scene_ids.numel() != img_emb.shape[0]:
             raise ValueError(f"scene_ids has {scene_ids.numel()} entries but there are "
                              f"{img_emb.shape[0]} images")
-        out.update(self_excluded_metrics(img_emb, scene_ids, "i2i_", ks, chunk_size, device))
+        out.update(self_excluded_metrics(img_emb, scene_ids, "i2i_", ks, chunk_size, device,
+                                         ranks_out))
     return out

@@ -35,6 +35,8 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     "task.log_every", "task.num_workers", "task.device", "task.tensorboard", "task.progress",
     "task.pin_memory", "task.prefetch_factor", "task.ddp_find_unused", "task.ddp_static_graph",
     "task.cache_features",
+    # Intervals are recomputed from the stored per-query ranks; they do not change the ranks.
+    "task.bootstrap",
     "model.params_m",  # a claimed size that tests check, not an input to the stage
 )
 
