@@ -27,6 +27,7 @@ from harness.analysis.plots import (
     cost_breakdown_figure,
     part_color,
     recall_vs_time_figure,
+    write_figures,
 )
 from harness.analysis.tables import load_paper_numbers
 from harness.config import compose, to_plain
@@ -221,7 +222,7 @@ def _eval_row(model: str, stage: str, i2t: float, **protocol: Any) -> dict[str, 
               # Loader start-up dominates an eval run's own seconds: never to be plotted.
               "efficiency": {"measured": {"encode_s": 900.0, "rank_s": 1.0, "total_s": 901.0}}}
     row = result_row(result)
-    row.update(status="done", has_result=True, overrides=None, run_dir="")
+    row.update(status="done", has_result=True, overrides="", run_dir="", regime="finetuned")
     return row
 
 
@@ -271,15 +272,20 @@ def test_recall_vs_time_plots_protocol_seconds_and_marks_reranking(paper: pd.Dat
     assert "flickr30k_1k" in caption and "Skipped" not in caption
 
 
-def test_recall_vs_time_skips_rows_without_protocol_time(paper: pd.DataFrame) -> None:
+def test_recall_vs_time_skips_rows_without_protocol_time(paper: pd.DataFrame,
+                                                          tmp_path: Path) -> None:
     evals = pd.DataFrame([_eval_row("cookie", "eval-cookie-synthetic-1", 20.0),
                           _eval_row("clip", "eval-clip-synthetic-1", 10.0)])
     timing = pd.DataFrame([_bench_costs("cookie", {"dual": (7.0, "measured")})])
     fig, caption = recall_vs_time_figure(evals, timing, paper)
     plt.close(fig)
     assert "Skipped (no protocol timed for that model, scale and mode): clip (dual)." in caption
-    # Without any timed protocol there is no figure: eval-run seconds are never a stand-in.
+    # Without any timed protocol there is no figure: eval-run seconds are never a stand-in,
+    # and the grid's figure page says why it is missing.
     assert recall_vs_time_figure(evals, None, paper) is None
+    paths = write_figures(evals, {"name": "g"}, tmp_path, paper)
+    assert not any(p.name.startswith("g_recall_vs_time") for p in paths)
+    assert "*g_recall_vs_time* not drawn" in (tmp_path / "figures" / "g.md").read_text()
 
 
 # --- cost table cells ---------------------------------------------------------------------------

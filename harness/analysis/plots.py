@@ -426,11 +426,16 @@ def write_figures(df: pd.DataFrame, grid: Mapping[str, Any], results_dir: Path,
     """
     name = str(grid["name"])
     out = Path(results_dir) / "figures"
-    figures = [*recall_vs_time(df, name, out, timing, paper), *cost_breakdown(df, name, out),
+    versus_time = recall_vs_time(df, name, out, timing, paper)
+    figures = [*versus_time, *cost_breakdown(df, name, out),
                *recall_at_k(df, name, out, paper), *training_curves(df, name, out)]
     if not figures:
         return []
     lines = [f"# {name}: figures", ""]
+    if not versus_time and not _done(df).empty:  # say why the efficiency figure is absent
+        lines += [f"*{name}_recall_vs_time* not drawn: no retrieval protocol was timed for "
+                  "these models at this scale (`python -m harness.run grid=table3`, with the "
+                  "same scale, times them).", ""]
     for png, caption in figures:
         lines += [f"![{png.stem}]({png.name})", "", f"*{png.stem}*: {caption}", ""]
     md = out / f"{name}.md"
