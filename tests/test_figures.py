@@ -274,12 +274,23 @@ def test_recall_vs_time_plots_protocol_seconds_and_marks_reranking(paper: pd.Dat
 
 def test_recall_vs_time_skips_rows_without_protocol_time(paper: pd.DataFrame,
                                                           tmp_path: Path) -> None:
+    # An ablated COOKIE is another architecture: the default COOKIE's bench does not time it.
+    ablated = _eval_row("cookie", "eval-cookie-synthetic-2", 15.0)
+    ablated["overrides"] = "model.wst.layers=0; scale.train.steps=6"
+    evals = pd.DataFrame([_eval_row("cookie", "eval-cookie-synthetic-1", 20.0), ablated])
+    fig, caption = recall_vs_time_figure(evals, pd.DataFrame(
+        [_bench_costs("cookie", {"dual": (7.0, "measured")})]), paper)
+    points = [c.get_offsets().tolist() for c in fig.axes[0].collections]
+    plt.close(fig)
+    assert points == [[[7.0, 20.0]]]
+    assert caption.endswith("mode): cookie [model.wst.layers=0 scale.train.steps=6] (dual).")
     evals = pd.DataFrame([_eval_row("cookie", "eval-cookie-synthetic-1", 20.0),
                           _eval_row("clip", "eval-clip-synthetic-1", 10.0)])
     timing = pd.DataFrame([_bench_costs("cookie", {"dual": (7.0, "measured")})])
     fig, caption = recall_vs_time_figure(evals, timing, paper)
     plt.close(fig)
-    assert "Skipped (no protocol timed for that model, scale and mode): clip (dual)." in caption
+    assert ("Skipped (no protocol timed for that model, model overrides, scale and mode): "
+            "clip (dual).") in caption
     # Without any timed protocol there is no figure: eval-run seconds are never a stand-in,
     # and the grid's figure page says why it is missing.
     assert recall_vs_time_figure(evals, None, paper) is None

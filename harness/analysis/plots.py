@@ -92,14 +92,26 @@ def timed_mode(row: Mapping[str, Any]) -> str:
     return "full_scoring" if cross else "dual"
 
 
+def model_overrides(row: Mapping[str, Any]) -> frozenset[str]:
+    """The ``model.*`` overrides of a row's lineage: what changes the model's architecture."""
+    value = row.get("overrides")
+    items = value.split("; ") if isinstance(value, str) else []
+    return frozenset(o for o in items if o.startswith("model."))
+
+
 def _protocol_costs(rows: pd.DataFrame, bench_rows: pd.DataFrame) -> pd.DataFrame:
-    """Timed protocols of the eval stages themselves and of bench stages, with their scale."""
-    frames = [costs_long(r).merge(r[["stage_id", "scale"]], on="stage_id")
-              for r in (rows, bench_rows) if not r.empty]
+    """Timed protocols of the eval stages and of bench stages, with scale and model overrides."""
+    frames = []
+    for r in (rows, bench_rows):
+        if r.empty:
+            continue
+        keys = pd.DataFrame({"stage_id": r["stage_id"], "scale": r.get("scale"),
+                             "variant": [model_overrides(x) for _, x in r.iterrows()]})
+        frames.append(costs_long(r).merge(keys, on="stage_id"))
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["stage_id", "model", "protocol", "mode", "n_images", "n_texts", "total_s",
-                 "status", "scale"])
+                 "status", "scale", "variant"])
 
 
 def _figure_protocol(rows: pd.DataFrame, costs: pd.DataFrame) -> str | None:
@@ -126,8 +138,10 @@ def _by_size(costs: pd.DataFrame) -> pd.DataFrame:
 def _row_cost(row: Mapping[str, Any], costs: pd.DataFrame, protocol: str | None
               ) -> pd.Series | None:
     """The timed protocol for one eval row: its own gallery, else the figure's, else smallest."""
+    # An ablated architecture (model.wst.layers=0) is not timed by the default model's bench.
     mine = costs[(costs["model"] == row["model"]) & (costs["scale"] == row.get("scale"))
-                 & (costs["mode"] == timed_mode(row))]
+                 & (costs["mode"] == timed_mode(row))
+                 & (costs["variant"] == model_overrides(row))]
     for pick in (_same_gallery(mine, row), mine[mine["protocol"] == protocol], _by_size(mine)):
         if not pick.empty:
             return pick.iloc[0]
@@ -236,7 +250,8 @@ def recall_vs_time_figure(df: pd.DataFrame, timing: pd.DataFrame | None = None,
         caption += (f" Dashed: the paper's claim that COOKIE needs {claim[0]:g} of a one-stream "
                     "model's inference time, drawn at that fraction of each cross-encoder's "
                     "full-scoring seconds.")
-    caption += (f" Skipped (no protocol timed for that model, scale and mode): "
+    caption += (f" Skipped (no protocol timed for that model, model overrides, scale and "
+                f"mode): "
                 f"{', '.join(skipped)}."
                 if skipped else "")
     fig.tight_layout()
