@@ -165,7 +165,7 @@ def _decade_log_axis(ax: Any, values: list[float]) -> None:
         decades = math.log10(high / low) if high > low else 1
         # Many decades: label every other one so the tick labels stay apart.
         ax.xaxis.set_major_locator(LogLocator(base=10.0 ** max(1, math.ceil(decades / 6))))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
