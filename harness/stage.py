@@ -82,9 +82,10 @@ def _build_model(cfg: DictConfig, tokenizer: Tokenizer) -> torch.nn.Module:
 
 def _model_efficiency(cfg: DictConfig, model: torch.nn.Module, vocab_size: int,
                       device: torch.device, timings: dict[str, float]) -> dict[str, Any]:
-    """Parameters per top-level module, FLOPs per encode (shape-only), measured seconds."""
+    """Parameters per part, FLOPs per encode (shape-only), measured seconds."""
     from harness.eval.efficiency import efficiency_block
-    from harness.eval.flops import flops_summary, param_counts
+    from harness.eval.flops import flops_summary
+    from harness.eval.param_parts import param_parts
 
     factory = MODELS.get(cfg.model.name)
     model_cfg = without_weights(to_plain(cfg.model))  # shapes only: no weight files are read
@@ -92,7 +93,9 @@ def _model_efficiency(cfg: DictConfig, model: torch.nn.Module, vocab_size: int,
                           image_size=int(cfg.model.image_size),
                           text_len=int(cfg.data.max_text_len))
     block = efficiency_block(device=device, precision="bf16" if device.type == "cuda" else "fp32",
-                             params=param_counts(dict(model.named_children())), flops=flops)
+                             params=param_parts(model, image_size=int(cfg.model.image_size),
+                                                text_len=int(cfg.data.max_text_len)),
+                             flops=flops)
     block["measured"] = timings  # this split's real encode and rank seconds
     return block
 

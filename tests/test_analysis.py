@@ -25,7 +25,7 @@ from harness.analysis.collect import (
 )
 from harness.analysis.cost_tables import cost_table, ratio_table, unimodal_table
 from harness.analysis.paper import load_paper_numbers
-from harness.analysis.plots import _timings, read_metrics_log, write_figures
+from harness.analysis.plots import read_metrics_log, recall_vs_time_figure, write_figures
 from harness.analysis.render import Section, Table, latex_escape, to_latex
 from harness.analysis.tables import (
     METRICS,
@@ -423,7 +423,8 @@ def test_ratio_table_sits_beside_the_paper_claim(collected: pd.DataFrame,
 def test_ratio_table_says_not_measured_without_timings(paper: pd.DataFrame,
                                                        collected: pd.DataFrame) -> None:
     no_costs = collected[[c for c in collected.columns if not c.startswith("cost.")]]
-    table = ratio_table(no_costs, {"name": "table3"}, paper)
+    table3 = {"name": "table3", "show_empty_tables": ["cost", "ratio"]}
+    table = ratio_table(no_costs, table3, paper)
     assert table.sections[0].rows == [[
         "—", "", "", "", "", "", "not measured: no dual and cross-encoder timed on one protocol",
         "", "0.003 (COOKIE vs one-stream)"]]
@@ -432,7 +433,7 @@ def test_ratio_table_says_not_measured_without_timings(paper: pd.DataFrame,
     assert ratio_table(no_costs, {"name": "smoke"}, paper) is None
     # Without the claim in the published numbers the table says so.
     no_claim = paper[paper["table"] != "claims"]
-    table = ratio_table(no_costs, {"name": "table3"}, no_claim)
+    table = ratio_table(no_costs, table3, no_claim)
     assert table.sections[0].rows[0][-1] == "not in results/paper"
     assert table.data.to_dict("records") == [
         {"status": "not measured", "paper_ratio": None, "paper_status": None}]
@@ -485,13 +486,19 @@ def test_figures_are_written(collected: pd.DataFrame, tmp_path: Path,
 
 
 def test_recall_vs_time_borrows_bench_time_of_same_gallery(collected: pd.DataFrame) -> None:
-    row = _row(collected, "eval-clip-synthetic-5a5a5a5a").to_dict() | {"model": "clip"}
-    bench_rows = collected[collected["task"] == "bench"]
-    bench = costs_long(bench_rows).merge(bench_rows[["stage_id", "scale"]], on="stage_id")
-    found = _timings(row, pd.DataFrame(), bench)
-    assert found == [("bench custom_50x250 dual", pytest.approx(0.127), True)]
-    other = row | {"protocol.n_images": 51}
-    assert _timings(other, pd.DataFrame(), bench)[0][0] == "eval run"  # falls back
+    import matplotlib.pyplot as plt
+
+    rows = collected[collected["stage_id"] == "eval-clip-synthetic-5a5a5a5a"]
+    fig, caption = recall_vs_time_figure(rows, timing=collected)
+    (x, _), = fig.axes[0].collections[0].get_offsets().tolist()
+    plt.close(fig)
+    assert x == pytest.approx(0.127) and "custom_50x250 retrieval protocol" in caption
+    # Another gallery size: still the bench protocol's seconds, never the eval run's own.
+    other = rows.assign(**{"protocol.n_images": 51})
+    fig, _ = recall_vs_time_figure(other, timing=collected)
+    (x, _), = fig.axes[0].collections[0].get_offsets().tolist()
+    plt.close(fig)
+    assert x == pytest.approx(0.127)
 
 
 def test_eval_run_seconds_of_dual_and_cross_encoders() -> None:
@@ -501,9 +508,6 @@ def test_eval_run_seconds_of_dual_and_cross_encoders() -> None:
     cross = {"eff.measured.features_s": 0.5, "eff.measured.rank_s": 0.01,
              "eff.measured.total_s": 80.0, "eff.measured.encode_s": float("nan")}
     assert eval_run_seconds(cross) == (0.5, 0.01, 80.0)
-    assert _timings(cross | {"model": "single_stream"}, pd.DataFrame(),
-                    pd.DataFrame(columns=["model", "scale", "n_images", "n_texts"])) == [
-        ("eval run", 80.0, True)]
     assert eval_run_seconds({}) == (None, None, None)
 
 

@@ -36,6 +36,9 @@ TIMING_NOTE = ("Index = encoding the whole gallery (cross-encoders: their cachea
                "index) or its pair scoring (cross); total = the whole protocol, measured when "
                "every part ran, extrapolated linearly from a timed sample otherwise. Data "
                "loading, decoding and tokenisation are excluded.")
+ZERO_FLOPS_NOTE = ("— in GFLOPs / image or text: that encode does no matrix products. A "
+                   "cross-encoder (single-stream) has no text-only encoding: its cacheable text "
+                   "features are an embedding lookup, and all its text work is in GFLOPs / pair.")
 _MODE_LABEL = {"dual": "index + rank", "full_scoring": "full scoring", "topk_rerank": "top-k rerank"}
 
 
@@ -47,13 +50,25 @@ def _scaled(value: Any, scale: float, digits: int = 3) -> str:
     return "" if missing(value) else sig(float(value) / scale, digits)
 
 
+def _flops_cell(value: Any) -> str:
+    # Zero FLOPs is not a cost of zero: that encode does no matrix products at all (a
+    # single-stream model's text features are an embedding lookup); the note says so.
+    return "—" if not missing(value) and float(value) == 0 else _scaled(value, 1e9)
+
+
 def _model_cells(row: Mapping[str, Any]) -> list[str]:
-    return [_scaled(row.get("eff.params_total"), 1e6, 4), _scaled(row.get("eff.image_flops"), 1e9),
-            _scaled(row.get("eff.text_flops"), 1e9), _scaled(row.get("eff.pair_flops"), 1e9)]
+    return [_scaled(row.get("eff.params_total"), 1e6, 4), _flops_cell(row.get("eff.image_flops")),
+            _flops_cell(row.get("eff.text_flops")), _scaled(row.get("eff.pair_flops"), 1e9)]
 
 
-def _model_data(row: Mapping[str, Any]) -> dict[str, Any]:
+def shows_when_empty(grid: Mapping[str, Any], kind: str) -> bool:
+    """Whether the grid's config asks for table ``kind`` even when no stage has costs."""
+    return kind in (grid.get("show_empty_tables") or ())
+
+
+def _model_data(row: Mapping[str, Any], variant: str | None = None) -> dict[str, Any]:
     return {"stage_id": row["stage_id"], "model": row["model"], "scale": row.get("scale"),
+            **({"variant": variant} if variant is not None else {}),
             "task": row.get("task"), "status": status_text(row),
             "params_total": row.get("eff.params_total"), "image_flops": row.get("eff.image_flops"),
             "text_flops": row.get("eff.text_flops"), "pair_flops": row.get("eff.pair_flops")}
@@ -64,16 +79,23 @@ def cost_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) -
     rows = _rows(df, COST_TASKS)
     name = str(grid["name"])
     has_eff = any(c.startswith(("eff.", "cost.")) and rows[c].notna().any() for c in rows.columns)
-    if rows.empty or not (has_eff or name.startswith("table3")):
+    if rows.empty or not (has_eff or shows_when_empty(grid, "cost")):
         return None
     costs = costs_long(rows)
+    variants = distinguishing_overrides(rows)
+    # A Variant column only where rows differ by more than model and scale (ablations).
+    varied = any(isinstance(v, str) and v for v in variants.values())
     section, data = Section(None), []
     for _, row in rows.iterrows():
-        base = [str(row["model"]), text(row.get("scale")), *_model_cells(row)]
+        variant = variants.get(row["stage_id"])
+        variant = variant if isinstance(variant, str) and variant else "—"
+        base = [str(row["model"]), *([variant] if varied else []), text(row.get("scale")),
+                *_model_cells(row)]
+        model_data = _model_data(row, variant if varied else None)
         mine = costs[costs["stage_id"] == row["stage_id"]]
         if not has_numbers(row):
             section.rows.append([*base, *[""] * 9, status_text(row)])
-            data.append(_model_data(row))
+            data.append(model_data)
             continue
         for _, cost in mine.iterrows():
             section.rows.append([
@@ -83,30 +105,35 @@ def cost_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) -
                 sig(cost["total_s"], 4), text(cost["status"]), _scaled(cost["flops"], 1e12),
                 text(cost["hardware"], ""), "done"])
             fields = cost.drop(["stage_id", "model"]).rename({"status": "timing"}).to_dict()
-            data.append({**_model_data(row), **fields})
+            data.append({**model_data, **fields})
         if mine.empty:  # no protocol timed: show what the eval itself measured, labelled so
             enc, rank, total = eval_run_seconds(row)
             section.rows.append([*base, f"eval split ({gallery(row)})", "eval run*",
                                  sig(enc, 4), "", "", sig(total, 4),
                                  "measured (this split)" if total is not None else "not timed",
                                  "", text(row.get("eff.hardware"), ""), "done"])
-            data.append({**_model_data(row), "protocol": "eval_split", "mode": "eval_run",
+            data.append({**model_data, "protocol": "eval_split", "mode": "eval_run",
                          "n_images": row.get("protocol.n_images"),
                          "n_texts": row.get("protocol.n_texts"), "index_s": enc,
                          "ranking_s": rank, "total_s": total, "timing": "measured_this_split",
                          "hardware": row.get("eff.hardware")})
-    columns = ["Model", "Scale", "Params (M)", "GFLOPs / image", "GFLOPs / text",
-               "GFLOPs / pair", "Protocol (img/txt)", "Mode", "Index (s)", "Query i2t (ms)",
-               "Query t2i (ms)", "Total (s)", "Timing", "Protocol TFLOPs", "Hardware", "Status"]
+    columns = ["Model", *(["Variant"] if varied else []), "Scale", "Params (M)",
+               "GFLOPs / image", "GFLOPs / text", "GFLOPs / pair", "Protocol (img/txt)", "Mode",
+               "Index (s)", "Query i2t (ms)", "Query t2i (ms)", "Total (s)", "Timing",
+               "Protocol TFLOPs", "Hardware", "Status"]
     notes = [FLOPS_NOTE, TIMING_NOTE,
              "An empty GFLOPs / pair means the model scores no pairs (a dual encoder).",
+             "Params (M) counts every parameter once (tied weights included): the height of "
+             "the model's bar in the cost-breakdown figure.",
              "* eval run: no protocol was timed for this stage; its seconds are the eval's own "
              "encode (including image loading and decoding; cross-encoders: unimodal features) "
              "and, in the total, pair scoring and ranking on its split.",
              "A row without numbers shows its stage status; nothing is filled in."]
+    if any(r[i] == "—" for r in section.rows for i in (3 + varied, 4 + varied)):
+        notes.insert(3, ZERO_FLOPS_NOTE)
     return Table(stem=f"{name}_cost", title=f"{name}: retrieval cost per model",
                  columns=columns, sections=[section], notes=notes, data=pd.DataFrame(data),
-                 numeric=frozenset({2, 3, 4, 5, 8, 9, 10, 11, 13}))
+                 numeric=frozenset(i + varied for i in (2, 3, 4, 5, 8, 9, 10, 11, 13)))
 
 
 def paper_claim(paper: pd.DataFrame, direction: str, model: str = "COOKIE"
@@ -123,7 +150,7 @@ def ratio_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFrame) 
     """Dual over cross-encoder protocol seconds per protocol, beside the paper's 3/1000."""
     name = str(grid["name"])
     costs = costs_long(_rows(df, COST_TASKS))
-    if costs.empty and not name.startswith("table3"):
+    if costs.empty and not shows_when_empty(grid, "ratio"):
         return None
     claim = paper_claim(paper, "inference_time_ratio")
     claim_text = (f"{claim[0]:g}{STATUS_MARK[claim[1]]} (COOKIE vs one-stream)" if claim

@@ -20,7 +20,8 @@ from harness.eval.efficiency import (
     efficiency_block,
     resolve_protocol,
 )
-from harness.eval.flops import flops_summary, param_counts
+from harness.eval.flops import flops_summary
+from harness.eval.param_parts import param_parts
 from harness.interfaces import is_cross_encoder
 
 
@@ -65,7 +66,7 @@ def model_costs(build: Callable[[], nn.Module], *, image_size: int, text_len: in
     flops = flops_summary(build, image_size=image_size, text_len=text_len)
     torch.manual_seed(0)
     model = build().to(device).eval()
-    params = param_counts(dict(model.named_children()))
+    params = param_parts(model, image_size=image_size, text_len=text_len)
     images, tokens = dummy_batch(encode_batch, encode_batch, image_size, text_len, vocab_size,
                                  device)
     costs: dict[str, Any] = {}
