@@ -109,8 +109,13 @@ def test_a_local_grid_writes_its_manifest_before_a_stage_fails(tmp_path, capsys)
     assert manifest.grid_config["name"] == "smoke" and manifest.grid_config["claim"]
     capsys.readouterr()
     assert report(["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "d")]) == 0
-    table = (tmp_path / "d" / "tables" / "smoke.md").read_text()
-    assert "failed" in table and "missing: never run" in table
+    # Read from the manifest and the stage directories alone: the failed fine-tune and the
+    # eval stage it blocked (never started, so no directory) are both listed.
+    collected = pd.read_csv(tmp_path / "d" / "collected.csv").set_index("stage_id")
+    finetune, evaluation = manifest.stages
+    assert collected.loc[finetune.stage_id, "status"] == "failed"
+    assert collected.loc[evaluation.stage_id, "status"] == "missing"
+    assert "missing: never run" in (tmp_path / "d" / "tables" / "smoke.md").read_text()
 
 
 # --- choosing manifests ------------------------------------------------------------------------
