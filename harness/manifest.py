@@ -74,16 +74,6 @@ class Manifest:
                 "order": [s.stage_id for s in self.stages],
                 "stages": {s.stage_id: s.to_json() for s in self.stages}}
 
-    def parent_chain(self, stage: ManifestStage) -> list[ManifestStage]:
-        """The stage's ancestors in this manifest, nearest first."""
-        by_id = {s.stage_id: s for s in self.stages}
-        chain: list[ManifestStage] = []
-        node = by_id.get(stage.parent) if stage.parent else None
-        while node is not None and node not in chain:
-            chain.append(node)
-            node = by_id.get(node.parent) if node.parent else None
-        return chain
-
 
 def stamp() -> str:
     """Time stamp of a manifest's file name (microseconds: two grids in one second differ)."""

@@ -16,7 +16,13 @@ never-run stage is a row with its status and empty numbers, never a silent gap. 
   dual encoder), ``full_scoring`` or ``topk_rerank`` (cross-encoder) and ``status`` is
   ``measured`` or ``extrapolated``
 * ``train.steps train.samples_seen train.wall_s train.batch_size train.final_loss.<term>``
+* ``label`` (``<task>:<model>:<dataset>``) for stages a grid manifest lists
 * ``env.git_sha env.git_dirty env.device env.python env.torch``
+
+Inputs are grid manifests (:mod:`harness.manifest`), run records (:mod:`harness.record`) and
+the status markers of each stage directory: no config is composed and no scheduler is asked,
+so a stage that started and has no verdict reads ``running`` (``python -m harness.run ...
+dry_run=true`` asks SLURM or the lock whether its owner lives).
 
 One row per stage (rather than per stage and metric) because every consumer (tables, figures)
 compares stages, and a status belongs to a stage; :func:`costs_long` gives the one-row-per-
