@@ -23,7 +23,7 @@ COMMANDS = """\
   python -m harness.run grid=smoke cluster=slurm            # submit the whole DAG to SLURM (afterok)
   python -m harness.run grid=smoke cluster=slurm cluster.wait=true     # ... and block until it ends
   python -m harness.run print_config=true model=clip scale=paper       # the composed config
-  python -m harness.report [--grids NAME ...] [k=v ...]     # rebuild tables and figures from runs/
+  python -m harness.report [--grids NAME ...]               # rebuild tables and figures from runs/
 """
 
 
@@ -77,26 +77,29 @@ def _run_grid(cfg: DictConfig, overrides: Sequence[str]) -> int:
     print(f"[grid] {grid['name']}: {len(plan)} stages under {run_root} "
           f"(cluster={cfg.cluster.name})", flush=True)
     if cfg.cluster.name == "slurm":
-        return _submit(cfg, grid, plan, run_root)
+        return _submit(cfg, grid, plan, run_root, overrides)
     from harness.launch.executor import GridInterrupted, run_local
 
     try:
         report = run_local(plan, run_root, grid["name"], in_job=cfg.cluster.name == "debug",
-                           workers=int(cfg.cluster.get("workers", 1)))
+                           workers=int(cfg.cluster.get("workers", 1)), grid_config=grid,
+                           overrides=overrides)
     except GridInterrupted as stop:
         print(f"[grid] stopped by {stop}: its stages were stopped and waited for; the same "
               f"command resumes (interrupted stages rerun)", file=sys.stderr, flush=True)
         return 128 + stop.signum
     print(report.summary(), flush=True)
-    _tables(grid, plan, Path(cfg.results_dir))
+    _tables(report.manifest, run_root, Path(cfg.results_dir))
     return 0 if report.ok else 1
 
 
-def _submit(cfg: DictConfig, grid: dict, plan: Sequence[PlannedStage], run_root: Path) -> int:
+def _submit(cfg: DictConfig, grid: dict, plan: Sequence[PlannedStage], run_root: Path,
+            overrides: Sequence[str]) -> int:
     from harness.launch.slurm import submit_grid, wait_for
 
     cluster = to_plain(cfg.cluster)
-    report, manifest = submit_grid(plan, cluster, run_root, grid["name"])
+    report, manifest = submit_grid(plan, cluster, run_root, grid["name"], grid_config=grid,
+                                   overrides=overrides)
     print(report.summary().replace(" ran,", " submitted,"), flush=True)
     print(f"[grid] manifest: {manifest}", flush=True)
     if not cluster.get("wait"):
@@ -104,14 +107,16 @@ def _submit(cfg: DictConfig, grid: dict, plan: Sequence[PlannedStage], run_root:
     states = wait_for(plan)
     for name, state in states.items():
         print(f"{name} {state}", flush=True)
-    _tables(grid, plan, Path(cfg.results_dir))
+    _tables(manifest, run_root, Path(cfg.results_dir))
     return 0 if report.ok and set(states.values()) == {"done"} else 1
 
 
-def _tables(grid: dict, plan: Sequence[PlannedStage], results_dir: Path) -> None:
+def _tables(manifest: Path | None, run_root: Path, results_dir: Path) -> None:
     from harness.report import write_grid_report
 
-    for path in write_grid_report(grid, plan, results_dir):
+    if manifest is None:
+        return
+    for path in write_grid_report(manifest, results_dir, run_root):
         print(f"[grid] wrote {path}", flush=True)
 
 
@@ -131,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_grid(cfg, overrides)
         from harness.stage import run_stage
 
-        run_dir = run_stage(cfg, Path(cfg.run_root))
+        run_dir = run_stage(cfg, Path(cfg.run_root), overrides=overrides)
         print(f"[run] {run_dir}", flush=True)
         return 0
     except Preempted as exc:  # checkpoint written: rerunning the command resumes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +36,7 @@ from harness.launch.store import (
     stage_status,
 )
 from harness.models.towers import text_weights_dir, without_weights
+from harness.record import Ancestor, Lineage
 from harness.registry import MODELS
 from harness.train.checkpoint import load_checkpoint
 from harness.train.loop import Preempted, train
@@ -256,13 +257,14 @@ TASKS: dict[str, TaskFn] = {"pretrain": train_task, "finetune": train_task, "eva
 
 
 def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
-              force: bool = False) -> Path:
+              force: bool = False, overrides: Sequence[str] = ()) -> Path:
     """Run the stage ``cfg`` describes unless it is already done; returns its directory.
 
     The runner owns the stage directory for the whole run (:mod:`harness.launch.lock`); a
     stage another live runner owns raises :class:`~harness.launch.lock.StageBusy`. Under a
     multi-process launcher every rank runs this; only rank 0 takes the lock and writes the
     run directory's records (config, env, markers, result), the others only compute.
+    ``overrides`` (the stage's command-line choices) go into the record's lineage.
     """
     from harness.dist import world_info_from_env
 
@@ -280,14 +282,33 @@ def run_stage(cfg: DictConfig, run_root: Path, *, grid: str | None = None,
         if lock is not None and stage_status(run_dir) == "done" and not force:
             print(f"[stage] {run_dir.name}: already done, skipped", flush=True)
             return run_dir
-        return _run_owned(cfg, run_dir, run_root, grid=grid, main=main, job_id=job_id)
+        return _run_owned(cfg, run_dir, run_root, grid=grid, main=main, job_id=job_id,
+                          overrides=overrides)
     finally:
         if lock is not None:
             lock.release()
 
 
+def lineage(cfg: DictConfig, run_root: Path, grid: str | None,
+            overrides: Sequence[str]) -> Lineage:
+    """The stage's training parents (nearest first, from ``task.init_from`` and each parent's
+    ``resolved.yaml``), grid, scale and overrides, as its run record stores them."""
+    parents: list[Ancestor] = []
+    parent = cfg.task.get("init_from")
+    while parent and Path(str(parent)).name not in {a.stage_id for a in parents}:
+        folder = run_root / str(parent)  # init_from may also be an absolute path
+        try:
+            resolved = OmegaConf.load(folder / "resolved.yaml")
+        except OSError:
+            break  # a parent without its config: the record keeps the ancestors known so far
+        parents.append(Ancestor(folder.name, str(resolved.task.name), str(resolved.data.name)))
+        parent = resolved.task.get("init_from")
+    return Lineage(parents=tuple(parents), grid=grid, scale=str(cfg.scale.name),
+                   overrides=tuple(str(o) for o in overrides))
+
+
 def _run_owned(cfg: DictConfig, run_dir: Path, run_root: Path, *, grid: str | None,
-               main: bool, job_id: str | None) -> Path:
+               main: bool, job_id: str | None, overrides: Sequence[str] = ()) -> Path:
     """The body of :func:`run_stage`, run while this process owns ``run_dir``."""
     env = environment()
     if main:
@@ -303,9 +324,10 @@ def _run_owned(cfg: DictConfig, run_dir: Path, run_root: Path, *, grid: str | No
             write_result(run_dir, make_result(
                 stage_id=run_dir.name, grid=grid, task=cfg.task.name, model=cfg.model.name,
                 dataset=cfg.data.name, split=out.pop("split", None), scale=cfg.scale.name,
+                lineage=lineage(cfg, run_root, grid, overrides),
                 protocol=out.pop("protocol", None), metrics=out.pop("metrics", None),
                 efficiency=out.pop("efficiency", None), train=out.pop("train", None), env=env,
-                extra=out))
+                chance=out.pop("chance", None), extra=out))
     except (Preempted, KeyboardInterrupt) as exc:
         # Not a failure: a preempted stage has its checkpoint and will be requeued or rerun;
         # an interrupted one (Ctrl-C, the grid stopping) is rerun next time. The marker names

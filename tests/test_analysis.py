@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from table_cells import latex_rows, markdown_rows, row_by, row_where
 
 from harness.analysis.collect import (
@@ -34,7 +33,7 @@ from harness.analysis.tables import (
     write_grid_tables,
     write_tables,
 )
-from harness.launch.grid import PlannedStage
+from harness.manifest import Manifest, ManifestStage, write_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "analysis" / "runs"
 COOKIE_COCO = "eval-cookie-coco-bbbb2222"
@@ -46,16 +45,22 @@ def runs(tmp_path: Path) -> Path:
 
 
 def _stage(runs: Path, task: str, model: str, data: str, name: str,
-           parent: PlannedStage | None = None, overrides: tuple[str, ...] = (),
-           scale: str = "paper") -> PlannedStage:
-    cfg = OmegaConf.create({"task": {"name": task, "split": "test" if task == "eval" else None},
-                            "scale": {"name": scale}})
-    return PlannedStage(f"{task}:{model}:{data}", task, model, data,
-                        (f"task={task}", f"model={model}", f"data={data}", *overrides), cfg,
-                        runs / name, parent)
+           parent: ManifestStage | None = None, overrides: tuple[str, ...] = (),
+           scale: str = "paper") -> ManifestStage:
+    return ManifestStage(name, f"{task}:{model}:{data}", task, model, data, scale=scale,
+                         split="test" if task == "eval" else None,
+                         parent=parent.stage_id if parent else None,
+                         overrides=(f"task={task}", f"model={model}", f"data={data}",
+                                    *overrides))
 
 
-def _plan(runs: Path) -> list[PlannedStage]:
+def _manifest(runs: Path, stages: list[ManifestStage], grid: dict) -> Manifest:
+    return Manifest(grid=grid["name"], created_at="2026-11-30T00:00:00+00:00",
+                    executor="local", run_root=str(runs), grid_config=grid, overrides=(),
+                    stages=tuple(stages))
+
+
+def _plan(runs: Path) -> list[ManifestStage]:
     ft = _stage(runs, "finetune", "cookie", "coco", "finetune-cookie-coco-aaaa1111")
     ft2 = _stage(runs, "finetune", "single_stream", "coco", "finetune-single_stream-coco-cccc3333")
     ftf = _stage(runs, "finetune", "single_stream", "flickr30k",
@@ -77,12 +82,12 @@ def _plan(runs: Path) -> list[PlannedStage]:
     ]
 
 
-GRID = {"name": "table2", "claim": "fixture grid"}
+GRID = {"name": "table2", "claim": "fixture grid", "paper_table": "table2"}
 
 
 @pytest.fixture()
 def collected(runs: Path) -> pd.DataFrame:
-    return collect_plan(_plan(runs), "table2")
+    return collect_plan(_plan(runs), "table2", runs)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +147,7 @@ def test_collect_run_root_scans_directories_and_marks_grids(runs: Path) -> None:
     assert "missing" not in set(every["status"])
     # Lineage from resolved.yaml alone: the eval's parent directory says it was fine-tuned.
     assert _row(every, COOKIE_COCO)["regime"] == "finetuned"
-    planned = collect(runs, {"table2": _plan(runs)})
+    planned = collect(runs, {"table2": _manifest(runs, _plan(runs), GRID)})
     assert _row(planned, "eval-clip-coco-eeee5555")["status"] == "missing"
     assert _row(planned, COOKIE_COCO)["grids"] == "table2"
 
@@ -187,7 +192,7 @@ DONE_EVALS = (COOKIE_COCO, "eval-cookie-flickr30k-abcd5678", "eval-clip-syntheti
 
 
 def test_retrieval_numbers_equal_result_files(runs: Path, tmp_path: Path) -> None:
-    paths = write_grid_tables(GRID, _plan(runs), tmp_path)
+    paths = write_grid_tables(GRID, _plan(runs), runs, tmp_path)
     tables = tmp_path / "tables"
     assert tables / "table2.md" in paths
     md = markdown_rows((tables / "table2.md").read_text(),
@@ -284,7 +289,7 @@ def test_ablation_rows_list_distinguishing_overrides(runs: Path, paper: pd.DataF
     plan = [_stage(runs, "eval", "cookie", "coco", COOKIE_COCO, ft, overrides=common),
             _stage(runs, "eval", "cookie", "flickr30k", "eval-cookie-flickr30k-abcd5678", ft,
                    overrides=(*common, "model.wst.layers=0"))]
-    table = retrieval_table(collect_plan(plan, "ablations"), {"name": "ablations"}, paper)
+    table = retrieval_table(collect_plan(plan, "ablations", runs), {"name": "ablations"}, paper)
     assert "Variant" in table.columns
     variants = [r[2] for s in table.sections for r in s.rows if r[0] == "harness"]
     assert variants == ["—", "model.wst.layers=0"]
@@ -330,7 +335,7 @@ def test_latex_escapes_special_characters() -> None:
 
 
 def test_grid_latex_files_are_balanced(runs: Path, tmp_path: Path) -> None:
-    paths = write_grid_tables(GRID, _plan(runs), tmp_path)
+    paths = write_grid_tables(GRID, _plan(runs), runs, tmp_path)
     texs = [p for p in paths if p.suffix == ".tex"]
     assert {p.stem for p in texs} == {"table2_retrieval", "table2_cost", "table2_ratio",
                                       "table2_unimodal"}
@@ -383,7 +388,7 @@ RATIO_CELLS = {
 
 
 def test_cost_and_ratio_cells_sit_under_their_headers(runs: Path, tmp_path: Path) -> None:
-    write_grid_tables(GRID, _plan(runs), tmp_path)
+    write_grid_tables(GRID, _plan(runs), runs, tmp_path)
     tables = tmp_path / "tables"
     md_text = (tables / "table2.md").read_text()
     formats = {
@@ -462,7 +467,7 @@ def test_grid_tables_key_picks_the_kinds(collected: pd.DataFrame, paper: pd.Data
 
 def test_smoke_like_grid_without_eval_stages_writes_no_retrieval_table(
         runs: Path, tmp_path: Path, paper: pd.DataFrame) -> None:
-    df = collect_plan([_plan(runs)[-1]], "table3")  # a bench stage only
+    df = collect_plan([_plan(runs)[-1]], "table3", runs)  # a bench stage only
     paths = write_tables(df, {"name": "table3"}, tmp_path, paper)
     assert {p.name for p in paths} == {"table3.md", "table3_cost.tex", "table3_cost.csv",
                                        "table3_ratio.tex", "table3_ratio.csv"}
@@ -520,7 +525,12 @@ def test_metrics_log_keeps_last_record_of_repeated_step(runs: Path) -> None:
 def test_report_cli_marks_missing_stages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from harness.report import main
 
-    # No run at all: only written when asked (tests/test_ownership.py checks the refusal).
+    # A manifest but no run at all: only written when asked (tests/test_ownership.py checks
+    # the refusal).
+    smoke = {"name": "smoke", "claim": "pipeline check"}
+    stages = [_stage(tmp_path, "eval", "clip", "synthetic", "eval-clip-synthetic-00000000",
+                     scale="smoke")]
+    write_manifest(tmp_path / "runs", _manifest(tmp_path / "runs", stages, smoke))
     code = main(["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
                  "--grids", "smoke", "--allow-empty"])
     printed = capsys.readouterr().out.split()
@@ -545,7 +555,7 @@ def test_written_tables_equal_the_reviewed_copies(runs: Path, tmp_path: Path) ->
     import difflib
     import os
 
-    paths = write_grid_tables(GRID, _plan(runs), tmp_path)
+    paths = write_grid_tables(GRID, _plan(runs), runs, tmp_path)
     assert len(paths) == 9
     if os.environ.get("UPDATE_EXPECTED_TABLES") == "1":
         EXPECTED.mkdir(exist_ok=True)

@@ -100,13 +100,3 @@ def test_values_of_the_right_type_pass(capsys):
     assert main(["scale.train.lr=1", "model.mean=[0.5,0.5,0.5]", "task.init_from=abc",
                  "scale.train.steps=7", "print_config=true"]) == 0
     assert "steps: 7" in capsys.readouterr().out
-
-
-def test_report_rejects_an_unknown_key_in_one_line(tmp_path, capsys):
-    from harness.report import main as report
-
-    assert report(["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
-                   "--grids", "smoke", "scale.trian.steps=5"]) == 2
-    line = _one_line_error(capsys)
-    assert "scale.train.steps" in line
-    assert not (tmp_path / "res").exists()

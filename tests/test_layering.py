@@ -52,20 +52,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # never needs the code that trained the runs.
 INDEPENDENT: tuple[tuple[str, str], ...] = (("harness.analysis", "harness.train"),)
 
-# Known edges that other work in flight removes (issue 15, items 2 and 4: analysis reads
-# run records and manifests, not the planner; table cells and paper joins move below the
-# table builders; the two executors share a job module). Each entry must still be needed
+# Known exceptions to the layer order, with the reason for each. None today: analysis reads
+# run records and manifests, not the planner; table cells and paper joins sit below the table
+# builders; the two executors share a job module. Each entry must still be needed
 # (the edge exists and points up, joins independent packages or closes a cycle): the
 # stale-entry test below fails otherwise, so the list only ever shrinks.
-ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    ("harness.analysis.collect", "harness.launch.grid"),
-    ("harness.analysis.collect", "harness.launch.lock"),
-    ("harness.analysis.collect", "harness.launch.store"),
-    ("harness.analysis.plots", "harness.launch.grid"),
-    ("harness.analysis.tables", "harness.launch.grid"),
-    ("harness.analysis.tables", "harness.analysis.cost_tables"),
-    ("harness.launch.executor", "harness.launch.slurm"),
-})
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 def module_files(root: Path = REPO) -> dict[str, Path]:

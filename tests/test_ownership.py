@@ -291,6 +291,7 @@ def test_stopping_a_parallel_grid_stops_and_waits_for_its_stage_processes(tmp_pa
 # --- the report -------------------------------------------------------------------------------
 
 def test_report_without_any_run_writes_nothing_unless_told(tmp_path, capsys):
+    from harness.manifest import Manifest, ManifestStage, write_manifest
     from harness.report import main
 
     results = tmp_path / "results"
@@ -298,6 +299,16 @@ def test_report_without_any_run_writes_nothing_unless_told(tmp_path, capsys):
     table.parent.mkdir(parents=True)
     table.write_bytes(b"| committed | table |\n")
     args = ["--runs", str(tmp_path / "runs"), "--results", str(results), "--grids", "smoke"]
+    # A fresh clone: no grid ever ran, so there is no manifest to report.
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no grid manifest for smoke" in err[0]
+    # A manifest whose stages have no run directory (a wrong --runs, runs deleted).
+    stage = ManifestStage("eval-clip-synthetic-00000000", "eval:clip:synthetic", "eval", "clip",
+                          "synthetic", scale="smoke", split="test")
+    write_manifest(tmp_path / "runs", Manifest("smoke", "2026-11-30T00:00:00+00:00", "local",
+                                               str(tmp_path / "runs"), {"name": "smoke"}, (),
+                                               (stage,)))
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no runs found under" in err[0] and "--allow-empty" in err[0]

@@ -16,7 +16,13 @@ never-run stage is a row with its status and empty numbers, never a silent gap. 
   dual encoder), ``full_scoring`` or ``topk_rerank`` (cross-encoder) and ``status`` is
   ``measured`` or ``extrapolated``
 * ``train.steps train.samples_seen train.wall_s train.batch_size train.final_loss.<term>``
+* ``label`` (``<task>:<model>:<dataset>``) for stages a grid manifest lists
 * ``env.git_sha env.git_dirty env.device env.python env.torch``
+
+Inputs are grid manifests (:mod:`harness.manifest`), run records (:mod:`harness.record`) and
+the status markers of each stage directory: no config is composed and no scheduler is asked,
+so a stage that started and has no verdict reads ``running`` (``python -m harness.run ...
+dry_run=true`` asks SLURM or the lock whether its owner lives).
 
 One row per stage (rather than per stage and metric) because every consumer (tables, figures)
 compares stages, and a status belongs to a stage; :func:`costs_long` gives the one-row-per-
@@ -32,15 +38,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from harness.launch.grid import TRAINING_TASKS, PlannedStage
-from harness.launch.lock import LOCK_FILE
-from harness.launch.store import (
+from harness.atomic import atomic_write_text
+from harness.manifest import Manifest, ManifestStage
+from harness.record import (
     DONE_MARKER,
     FAILED_MARKER,
+    LOCK_FILE,
     RUNNING_MARKER,
-    atomic_write_text,
-    read_marker,
-    stage_state,
+    RecordError,
+    read_record,
+    regime,
 )
 
 #: Status of a planned stage whose run directory does not exist (never run or never submitted).
@@ -52,6 +59,37 @@ COST_FIELDS = ("kind", "n_images", "n_texts", "index_s", "ranking_s", "query_i2t
                "query_t2i_s", "total_s", "status", "flops", "hardware")
 # Choices every stage has; they say which stage it is, not how it differs from its neighbours.
 _IDENTITY_OVERRIDE_KEYS = ("task", "model", "data", "task.init_from")
+
+
+def read_marker(run_dir: Path, marker: str) -> dict[str, Any]:
+    """Details stored in a status marker, or an empty dict."""
+    loaded = _read_json(run_dir / marker)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def recorded_state(run_dir: Path) -> tuple[str, str | None]:
+    """A stage's status from its files alone, and why when it is not plainly done or pending.
+
+    Unlike the launcher's check, this asks no scheduler and probes no process: a started
+    stage without a verdict reads ``running`` unless its marker says it was stopped
+    (``interrupted``). ``done`` needs the ``COMPLETE`` marker and a valid record.
+    """
+    if (run_dir / DONE_MARKER).is_file():
+        try:
+            read_record(run_dir)
+        except RecordError as exc:
+            return "interrupted", f"{DONE_MARKER} marker but {exc}"
+        return "done", None
+    if (run_dir / FAILED_MARKER).is_file():
+        return "failed", read_marker(run_dir, FAILED_MARKER).get("error")
+    running = read_marker(run_dir, RUNNING_MARKER)
+    if running.get("preempted") or running.get("interrupted"):
+        return "interrupted", "stopped before it finished (the next run resumes it)"
+    if (run_dir / RUNNING_MARKER).is_file() or (run_dir / LOCK_FILE).is_file():
+        return "running", ("started, no result yet (the report asks no scheduler whether "
+                           "its owner still lives: `python -m harness.run ... dry_run=true` "
+                           "does)")
+    return "pending", None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -88,16 +126,6 @@ def _lineage_from_dirs(run_dir: Path) -> list[tuple[str, str]]:
             break
         chain.append((str(cfg["task"]["name"]), str(cfg["data"]["name"])))
     return chain
-
-
-def regime(dataset: str, lineage: Sequence[tuple[str, str]]) -> str | None:
-    """``finetuned`` / ``zeroshot`` / ``transfer:<data>`` from the nearest training ancestor."""
-    for task, data in lineage:
-        if task == "finetune":
-            return "finetuned" if data == dataset else f"transfer:{data}"
-        if task == "pretrain":
-            return "zeroshot"
-    return None
 
 
 def _flat(prefix: str, block: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -188,72 +216,98 @@ def result_row(result: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _own_overrides(items: Iterable[str]) -> list[str]:
+    """Overrides that say how a stage differs, not which stage it is."""
+    return [item for item in items
+            if item.partition("=")[0].lstrip("+~") not in _IDENTITY_OVERRIDE_KEYS]
+
+
 def read_stage(run_dir: Path) -> dict[str, Any]:
-    """One collected row for a stage directory, whatever its status."""
-    status, why = stage_state(run_dir) if run_dir.is_dir() else (MISSING, None)
+    """One collected row for a stage directory, whatever its status (files only)."""
+    status, why = recorded_state(run_dir) if run_dir.is_dir() else (MISSING, None)
     row: dict[str, Any] = {"stage_id": run_dir.name, "run_dir": str(run_dir), "status": status,
                            "error": None, "has_result": False}
     if status == "failed":
         info = read_marker(run_dir, FAILED_MARKER)
         row["error"] = info.get("error") or "failed (no error recorded)"
-    elif status == "interrupted":
+    elif status in ("interrupted", "running"):
         row["error"] = why
-    result = _read_json(run_dir / "result.json") if status == "done" else None
-    if result is not None:
-        row.update(result_row(result), has_result=True)
-    elif status == "done":
-        row["error"] = "COMPLETE marker but result.json is missing or unreadable"
-    if result is None and run_dir.is_dir():
+    record = read_record(run_dir) if status == "done" else None
+    if record is not None:
+        row.update(result_row(record.to_json()), has_result=True)
+    elif run_dir.is_dir():
         cfg = _read_yaml(run_dir / "resolved.yaml")
         row.update({"task": (cfg.get("task") or {}).get("name"),
                     "model": (cfg.get("model") or {}).get("name"),
                     "dataset": (cfg.get("data") or {}).get("name"),
                     "scale": (cfg.get("scale") or {}).get("name")})
         row.update(_env_columns(_read_json(run_dir / "env.json") or {}))
-    cfg = _read_yaml(run_dir / "resolved.yaml")
-    row["parent"] = (cfg.get("task") or {}).get("init_from")
+    if record is not None and record.lineage is not None:
+        # Schema 2: the record says where the stage sits; no config file is read.
+        parents = record.lineage.parents
+        row["parent"] = parents[0].stage_id if parents else None
+        row["regime"] = record.regime()
+        row["overrides"] = "; ".join(_own_overrides(record.lineage.overrides))
+        return row
+    cfg = _read_yaml(run_dir / "resolved.yaml")  # schema 1 or no record: the stage's config
+    parent = (cfg.get("task") or {}).get("init_from")
+    row["parent"] = Path(str(parent)).name if parent else None
     if row.get("dataset"):
         row["regime"] = regime(str(row["dataset"]), _lineage_from_dirs(run_dir))
     return row
 
 
-def lineage_overrides(stage: PlannedStage) -> list[str]:
-    """The grid overrides of a stage and its ancestors (identity choices left out)."""
+def lineage_overrides(stage: ManifestStage, stages: Sequence[ManifestStage]) -> list[str]:
+    """The grid overrides of a stage and its ancestors in ``stages`` (identity choices left
+    out)."""
+    by_id = {s.stage_id: s for s in stages}
     out: list[str] = []
-    node: PlannedStage | None = stage
-    while node is not None:
-        for item in node.overrides:
-            key = item.partition("=")[0].lstrip("+~")
-            if key not in _IDENTITY_OVERRIDE_KEYS and item not in out:
-                out.append(item)
-        node = node.parent
+    node: ManifestStage | None = stage
+    seen: set[str] = set()
+    while node is not None and node.stage_id not in seen:
+        seen.add(node.stage_id)
+        out += [item for item in _own_overrides(node.overrides) if item not in out]
+        node = by_id.get(node.parent) if node.parent else None
     return out
 
 
-def _planned_row(stage: PlannedStage) -> dict[str, Any]:
-    row = read_stage(stage.run_dir)
-    chain, node = [], stage.parent
-    while node is not None:
-        chain.append((node.task, node.dataset))
-        node = node.parent
-    split = stage.cfg.task.get("split") if stage.task not in TRAINING_TASKS else None
+def _chain(stage: ManifestStage, stages: Sequence[ManifestStage]) -> list[ManifestStage]:
+    by_id = {s.stage_id: s for s in stages}
+    chain: list[ManifestStage] = []
+    node = by_id.get(stage.parent) if stage.parent else None
+    while node is not None and node not in chain:
+        chain.append(node)
+        node = by_id.get(node.parent) if node.parent else None
+    return chain
+
+
+def _planned_row(stage: ManifestStage, stages: Sequence[ManifestStage], run_root: Path
+                 ) -> dict[str, Any]:
+    row = read_stage(Path(run_root) / stage.stage_id)
+    chain = _chain(stage, stages)
     planned = {"task": stage.task, "model": stage.model, "dataset": stage.dataset,
-               "scale": stage.cfg.scale.name, "split": split,
-               "parent": stage.parent.run_dir.name if stage.parent else None}
+               "scale": stage.scale, "split": stage.split, "parent": stage.parent}
     for key, value in planned.items():
         if row.get(key) is None:
             row[key] = value
-    row["regime"] = regime(stage.dataset, chain)
-    row["overrides"] = "; ".join(lineage_overrides(stage))
+    row["label"] = stage.label
+    lineage = [(s.task, s.dataset) for s in chain]
+    if stage.parent is not None and not chain:
+        # A parent outside this manifest (run by another grid): its directory name,
+        # <task>-<model>-<dataset>-<hash8>, says what it trained on, which is all the regime
+        # needs (the nearest training stage decides it).
+        parts = stage.parent.split("-")
+        lineage = [(parts[0], parts[2])] if len(parts) == 4 else [("?", "?")]
+    row["regime"] = regime(stage.dataset, lineage)
+    row["overrides"] = "; ".join(lineage_overrides(stage, stages))
     if row["status"] == MISSING:
-        row["error"] = _other_configs(stage)
+        row["error"] = _other_configs(stage, Path(run_root))
     return row
 
 
-def _other_configs(stage: PlannedStage) -> str | None:
+def _other_configs(stage: ManifestStage, root: Path) -> str | None:
     """Names of finished runs of the same task, model and dataset under another config."""
     prefix = f"{stage.task}-{stage.model}-{stage.dataset}-"
-    root = stage.run_dir.parent
     others = sorted(p.name for p in root.glob(f"{prefix}*") if p.is_dir()) \
         if root.is_dir() else []
     if not others:
@@ -268,26 +322,32 @@ def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return df.astype({"has_result": bool}).reset_index(drop=True)
 
 
-def collect_plan(plan: Sequence[PlannedStage], grid: str) -> pd.DataFrame:
-    """Exactly the stages of one planned grid, in plan order; absent ones are ``missing``."""
+def collect_plan(stages: Sequence[ManifestStage], grid: str, run_root: Path) -> pd.DataFrame:
+    """Exactly the stages of one grid, in manifest order; absent ones are ``missing``."""
     rows = []
-    for stage in plan:
-        row = _planned_row(stage)
+    for stage in stages:
+        row = _planned_row(stage, stages, run_root)
         row["grids"] = grid
         rows.append(row)
     return _frame(rows)
 
 
-def collect(run_root: Path, plans: Mapping[str, Sequence[PlannedStage]] | None = None
-            ) -> pd.DataFrame:
-    """Every stage directory under ``run_root`` plus every planned stage, one row each."""
+def collect_manifest(manifest: Manifest, run_root: Path | None = None) -> pd.DataFrame:
+    """The stages of one grid manifest (under ``run_root``, default the manifest's own)."""
+    root = Path(run_root) if run_root is not None else Path(manifest.run_root)
+    return collect_plan(manifest.stages, manifest.grid, root)
+
+
+def collect(run_root: Path, manifests: Mapping[str, Manifest] | None = None) -> pd.DataFrame:
+    """Every stage directory under ``run_root`` plus every stage of ``manifests``, one row
+    each; ``grids`` names the manifests that list a stage."""
     rows: dict[str, dict[str, Any]] = {}
     grids: dict[str, list[str]] = {}
-    for name, plan in (plans or {}).items():
-        for stage in plan:
-            grids.setdefault(stage.run_dir.name, []).append(name)
-            if stage.run_dir.name not in rows:
-                rows[stage.run_dir.name] = _planned_row(stage)
+    for name, manifest in (manifests or {}).items():
+        for stage in manifest.stages:
+            grids.setdefault(stage.stage_id, []).append(name)
+            if stage.stage_id not in rows:
+                rows[stage.stage_id] = _planned_row(stage, manifest.stages, run_root)
     root = Path(run_root)
     for path in sorted(root.iterdir()) if root.is_dir() else []:
         if path.name not in rows and is_run_dir(path):

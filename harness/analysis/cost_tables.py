@@ -13,9 +13,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from harness.analysis.collect import costs_long, eval_run_seconds
-from harness.analysis.render import Section, Table
-from harness.analysis.tables import (
+from harness.analysis.cells import (
     COST_TASKS,
     RETRIEVAL_TASKS,
     STATUS_MARK,
@@ -28,6 +26,8 @@ from harness.analysis.tables import (
     status_text,
     text,
 )
+from harness.analysis.collect import costs_long, eval_run_seconds
+from harness.analysis.render import Section, Table
 
 FLOPS_NOTE = ("FLOPs = 2 × multiply-accumulates (torch.utils.flop_counter), forward pass of one "
               "image, one text or one (image, text) pair; elementwise ops not counted.")

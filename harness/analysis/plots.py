@@ -27,9 +27,7 @@ matplotlib.use("Agg")  # no display on clusters or CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.analysis.collect import costs_long  # noqa: E402
-from harness.analysis.cost_tables import paper_claim  # noqa: E402
-from harness.analysis.tables import (  # noqa: E402
+from harness.analysis.cells import (  # noqa: E402
     COST_TASKS,
     PAPER_MODEL,
     RETRIEVAL_TASKS,
@@ -40,9 +38,11 @@ from harness.analysis.tables import (  # noqa: E402
     paper_index,
     paper_protocol,
 )
+from harness.analysis.collect import costs_long  # noqa: E402
+from harness.analysis.cost_tables import paper_claim  # noqa: E402
 from harness.atomic import atomic_write, atomic_write_text  # noqa: E402
 from harness.eval.param_parts import PARTS  # noqa: E402
-from harness.launch.grid import TRAINING_TASKS  # noqa: E402
+from harness.record import TRAINING_TASKS  # noqa: E402
 
 KS = (1, 5, 10)
 Figure = tuple[Path, str]  # (PNG path, caption); the PDF sits beside the PNG

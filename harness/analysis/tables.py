@@ -4,163 +4,71 @@ Harness rows join published rows on protocol keys only, never on free text
 (:func:`paper_protocol`): dataset, split, gallery size and regime (fine-tuned or zero-shot).
 A harness ``coco`` row on the ``test`` split with 5000 images and a fine-tuned parent joins
 ``coco / karpathy_test / finetuned_5k``; ``flickr30k`` with 1000 images joins ``finetuned_1k``.
-The embedded synthetic dataset has no published counterpart. A stage without a result shows its
-status, never numbers. Each grid gets ``<grid>.md`` (every table of the grid) plus
-``<grid>_<kind>.tex`` and ``.csv`` per table; kinds are ``retrieval``, ``cost``, ``ratio`` and
-``unimodal`` (the last three in :mod:`harness.analysis.cost_tables`); a kind with nothing to
-show is left out. Optional grid keys: ``tables: [retrieval, cost]`` picks the kinds, and
-``paper_rows: true|false`` lists every published row of a joined protocol (default: only for a
-grid named like a published table, e.g. ``table2``) or only those of the harness's models.
+A dataset without published rows (the embedded synthetic one) has no counterpart. A stage
+without a result shows its status, never numbers. Each grid gets ``<grid>.md`` (every table
+of the grid) plus ``<grid>_<kind>.tex`` and ``.csv`` per table; kinds are ``retrieval``,
+``cost``, ``ratio`` and ``unimodal`` (the last three in :mod:`harness.analysis.cost_tables`);
+a kind with nothing to show is left out. Optional grid keys: ``tables: [retrieval, cost]``
+picks the kinds; ``paper_table: table2`` says which published table the grid rebuilds: every
+section of it (COCO 5K, Flickr30K 1K) is printed with its published rows whether or not the
+grid ran that dataset, a dataset not run saying so with the command that runs it
+(``paper_command``, default ``python -m harness.run grid=<name> scale=paper``);
+``paper_rows: true|false`` lists every published row of a joined protocol (default: true
+when ``paper_table`` is set) or only those of the harness's models.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from harness.analysis.cells import (  # noqa: F401  (re-exported: the table vocabulary)
+    COST_TASKS,
+    DATASET_LABEL,
+    LEGEND,
+    METRICS,
+    PAPER_GALLERY,
+    PAPER_MODEL,
+    PAPER_SPLIT,
+    RECALL_KEYS,
+    RETRIEVAL_TASKS,
+    STATUS_MARK,
+    PaperKey,
+    PaperRow,
+    distinguishing_overrides,
+    gallery,
+    has_numbers,
+    missing,
+    num,
+    paper_index,
+    paper_protocol,
+    sig,
+    status_text,
+    text,
+)
 from harness.analysis.collect import collect_plan
-from harness.analysis.paper import load_paper_numbers, paper_rsum
+from harness.analysis.paper import load_paper_numbers
 from harness.analysis.render import Section, Table, to_markdown, write_table
 from harness.atomic import atomic_write_text
-from harness.launch.grid import PlannedStage
+from harness.manifest import ManifestStage
 
-RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
-METRICS = (*RECALL_KEYS, "rsum")
-RETRIEVAL_TASKS = ("eval",)       # stages that measure recall
-COST_TASKS = ("eval", "bench")    # stages whose efficiency block may time protocols
-STATUS_MARK = {"sourced": "", "recalled": "†", "assumed": "‡"}
-LEGEND = ("Paper numbers: unmarked = sourced, † = recalled (not verified against the primary "
-          "PDF), ‡ = assumed; a derived RSUM carries the weakest mark of its six inputs "
-          "(results/paper/*.csv).")
-#: Harness model -> the published model it reproduces. The CLIP-style and single-stream
-#: baselines are stand-ins for a model family, not any published model, so they have none.
-PAPER_MODEL: dict[str, str] = {"cookie": "COOKIE"}
-PAPER_SPLIT: dict[str, str] = {"test": "karpathy_test"}
-#: (dataset, test images) -> gallery suffix of the published protocol name.
-PAPER_GALLERY: dict[tuple[str, int], str] = {("coco", 5000): "5k", ("coco", 1000): "1k",
-                                             ("flickr30k", 1000): "1k"}
-DATASET_LABEL = {"coco": "COCO", "flickr30k": "Flickr30K"}
+SectionKey = tuple[str, tuple[str, str] | None]  # (dataset, (paper split, paper protocol))
 
 
-def paper_protocol(dataset: Any, split: Any, n_images: Any, regime: Any
-                   ) -> tuple[str, str] | None:
-    """``(paper split, paper protocol)`` a harness row joins, or None when it has no counterpart."""
-    if split not in PAPER_SPLIT or missing(n_images):
-        return None
-    size = PAPER_GALLERY.get((str(dataset), int(n_images)))
-    prefix = {"finetuned": "finetuned", "zeroshot": "zeroshot"}.get(str(regime))
-    if size is None or prefix is None:
-        return None
-    return PAPER_SPLIT[str(split)], f"{prefix}_{size}"
+def paper_sections(paper: pd.DataFrame, table: str | None) -> list[SectionKey]:
+    """The (dataset, (split, protocol)) sections of a published table, in file order."""
+    if not table:
+        return []
+    rows = paper[(paper["table"] == table) & paper["direction"].isin(("i2t", "t2i"))]
+    return list(dict.fromkeys((str(r.dataset), (str(r.split), str(r.protocol)))
+                              for r in rows.itertuples(index=False)))
 
 
-@dataclass
-class PaperRow:
-    """One published model's recalls under one protocol, with each number's status."""
-
-    table: str
-    model: str
-    values: dict[str, float] = field(default_factory=dict)
-    statuses: dict[str, str] = field(default_factory=dict)
-    pretrain_pairs: Any = None
-
-    def status(self) -> str:
-        """The weakest status of the row's numbers."""
-        order = list(STATUS_MARK)[::-1]  # assumed < recalled < sourced
-        return min(self.statuses.values(), key=order.index, default="sourced")
-
-    def cell(self, metric: str) -> str:
-        """The published number as printed (one decimal) with its status mark."""
-        if metric not in self.values:
-            return ""
-        return f"{self.values[metric]:.1f}{STATUS_MARK[self.statuses[metric]]}"
-
-
-PaperKey = tuple[str, str, str, str]  # (model, dataset, split, protocol)
-
-
-def paper_index(paper: pd.DataFrame) -> dict[PaperKey, PaperRow]:
-    """Published recall rows keyed by (model, dataset, split, protocol), in file order."""
-    index: dict[PaperKey, PaperRow] = {}
-    recalls = paper[paper["direction"].isin(("i2t", "t2i"))]
-    for rec in recalls.itertuples(index=False):
-        key = (rec.model, rec.dataset, rec.split, rec.protocol)
-        row = index.setdefault(key, PaperRow(rec.table, rec.model,
-                                             pretrain_pairs=rec.pretrain_pairs))
-        metric = f"{rec.direction}_R@{int(rec.k)}"
-        row.values[metric], row.statuses[metric] = float(rec.value), rec.status
-    for rec in paper_rsum(paper).itertuples(index=False):
-        key = (rec.model, rec.dataset, rec.split, rec.protocol)
-        if key in index:
-            index[key].values["rsum"], index[key].statuses["rsum"] = rec.rsum, rec.status
-    return index
-
-
-def status_text(row: Mapping[str, Any]) -> str:
-    """What a row without numbers says instead: its stage status, and why."""
-    status = row.get("status")
-    if status == "done" and row.get("has_result"):
-        return "done"
-    error = "" if missing(row.get("error")) else str(row.get("error"))  # NaN: no error
-    reason = {"missing": "missing: never run (no run directory)"
-                         + (f"; {error}" if error else ""),
-              "pending": "pending: not started", "running": "running: no result yet",
-              "interrupted": f"interrupted (reruns next time): {error}",
-              "failed": f"failed: {error if len(error) <= 90 else error[:89] + '…'}", "done": f"no result: {error}"}
-    return reason.get(str(status), str(status))
-
-
-def has_numbers(row: Mapping[str, Any]) -> bool:
-    """Whether a collected row carries a result to print."""
-    return row.get("status") == "done" and bool(row.get("has_result"))
-
-
-def missing(value: Any) -> bool:
-    """Whether a cell value is absent (None or NaN)."""
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
-
-
-def num(value: Any, digits: int = 2) -> str:
-    """A number as text with ``digits`` decimals, or empty for a missing value."""
-    return "" if missing(value) else f"{float(value):.{digits}f}"
-
-
-def sig(value: Any, digits: int = 3) -> str:
-    """A number to ``digits`` significant figures, never in exponent form; empty if missing."""
-    if missing(value):
-        return ""
-    value = float(value)
-    if value == 0 or abs(value) >= 10 ** (digits - 1):
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}" if abs(value) >= 1e-4 else f"{value:.1e}"
-
-
-def text(value: Any, empty: str = "—") -> str:
-    """A cell value as text; ``empty`` for None or NaN."""
-    return empty if missing(value) else str(value)
-
-
-def gallery(row: Mapping[str, Any]) -> str:
-    """``<n> img / <m> txt`` of the evaluated split, or a dash without a result."""
-    n_img, n_txt = row.get("protocol.n_images"), row.get("protocol.n_texts")
-    if missing(n_img):
-        return "—"
-    return f"{int(n_img)} img / {int(n_txt)} txt"
-
-
-def distinguishing_overrides(rows: pd.DataFrame) -> dict[str, str]:
-    """Per stage id, the overrides (own and ancestors') not shared by every row of the table."""
-    sets = {r["stage_id"]: [o for o in str(r.get("overrides") or "").split("; ") if o]
-            for _, r in rows.iterrows()}
-    common = set.intersection(*(set(v) for v in sets.values())) if sets else set()
-    return {sid: " ".join(o for o in items if o not in common) for sid, items in sets.items()}
-
-
-def _section_keys(rows: pd.DataFrame) -> list[tuple[str, tuple[str, str] | None]]:
-    """Section (dataset, paper protocol) of each row; rows without a result join their dataset."""
+def _section_keys(rows: pd.DataFrame, published: Sequence[SectionKey] = ()) -> list[SectionKey]:
+    """Section of each row: a row with a result joins its protocol's section; one without
+    joins its dataset's (a finished row's, else the published table's only one for it)."""
     done = {}
     for i, row in rows.iterrows():
         if has_numbers(row):
@@ -168,21 +76,29 @@ def _section_keys(rows: pd.DataFrame) -> list[tuple[str, tuple[str, str] | None]
                 row["dataset"], row["split"], row.get("protocol.n_images"), row["regime"]))
     keys = []
     for i, row in rows.iterrows():
-        same = [k for k in done.values() if k[0] == str(row["dataset"])]
-        keys.append(done.get(i) or (same[0] if same else (str(row["dataset"]), None)))
+        dataset = str(row["dataset"])
+        same = [k for k in done.values() if k[0] == dataset]
+        printed = [k for k in published if k[0] == dataset]
+        fallback = printed[0] if len(printed) == 1 else (dataset, None)
+        keys.append(done.get(i) or (same[0] if same else fallback))
     return keys
 
 
 def section_heading(dataset: str, joined: tuple[str, str] | None, split: Any,
-                    has_results: bool = True) -> str:
-    """Heading naming a section's dataset and the published protocol it joins (or none)."""
+                    has_results: bool = True, paper_datasets: frozenset[str] | None = None
+                    ) -> str:
+    """Heading naming a section's dataset and the published protocol it joins (or none).
+
+    ``paper_datasets``: datasets with published rows; a dataset outside it (the embedded
+    synthetic one) is said to be no paper dataset at all.
+    """
     if joined is not None:
         size = joined[1].rsplit("_", 1)[1].upper()
         return (f"{DATASET_LABEL.get(dataset, dataset)} — Karpathy test, {size} images "
                 f"(paper protocol {joined[1]})")
-    if dataset == "synthetic":
-        return ("synthetic — the harness's embedded synthetic dataset, not a paper dataset: "
-                "no paper counterpart, paper columns empty")
+    if paper_datasets is not None and dataset not in paper_datasets:
+        return (f"{dataset} — not a dataset of the paper (no published rows in "
+                "results/paper/): no paper counterpart, paper columns empty")
     if not has_results:
         return (f"{dataset} — split {split}: no result yet, so no gallery to join on; "
                 "published rows appear once a run reports its protocol")
@@ -190,13 +106,37 @@ def section_heading(dataset: str, joined: tuple[str, str] | None, split: Any,
             "paper columns empty")
 
 
-def _harness_cells(row: Mapping[str, Any], variant: str | None) -> list[str]:
+def protocol_cell(row: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """The gallery, and for a re-ranking eval which first stage's top-k it re-scored."""
+    cell = gallery(row)
+    k = row.get("protocol.rerank_k")
+    if missing(k):
+        return cell
+    first = row.get("protocol.first_stage")
+    first = "its first stage" if missing(first) else (labels or {}).get(str(first), str(first))
+    return f"{cell}; top-{int(k)} rerank of {first}"
+
+
+def _harness_cells(row: Mapping[str, Any], variant: str | None,
+                   labels: Mapping[str, str] | None = None) -> list[str]:
     numbers = has_numbers(row)
     metrics = [num(row.get(f"metric.{m}")) if numbers else "" for m in METRICS]
     cells = ["harness", str(row["model"])]
     cells += [variant or "—"] if variant is not None else []
-    return [*cells, text(row.get("scale")), text(row.get("regime")), gallery(row),
+    return [*cells, text(row.get("scale")), text(row.get("regime")), protocol_cell(row, labels),
             *metrics, status_text(row), str(row["stage_id"])]
+
+
+def not_run_command(grid: Mapping[str, Any]) -> str:
+    """The command that would run a grid's stages on the paper's datasets."""
+    return str(grid.get("paper_command") or f"python -m harness.run grid={grid['name']} "
+                                             "scale=paper")
+
+
+def _not_run_cells(dataset: str, grid: Mapping[str, Any], variant: bool) -> list[str]:
+    return ["harness", "—", *(["—"] if variant else []), "—", "—", "—", *[""] * len(METRICS),
+            f"not run: no run on {DATASET_LABEL.get(dataset, dataset)} yet; "
+            f"`{not_run_command(grid)}` runs it (needs the real dataset)", ""]
 
 
 def _paper_cells(prow: PaperRow, regime: str, protocol: str, variant: bool) -> list[str]:
@@ -236,18 +176,27 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
         return None
     name = str(grid["name"])
     index = paper_index(paper)
-    # A grid named like a published table rebuilds it whole; others show only matching models.
-    full = bool(grid.get("paper_rows", name in set(paper["table"])))
+    # A grid that maps to a published table (`paper_table:` in its config) prints that
+    # table's sections whether or not it ran them; others show only the harness's models.
+    published = paper_sections(paper, grid.get("paper_table"))
+    full = bool(grid.get("paper_rows", bool(published)))
+    paper_datasets = frozenset(str(d) for d in paper["dataset"] if d)
+    labels = {str(r["stage_id"]): str(r["label"]) for _, r in df.iterrows()
+              if "label" in df.columns and not missing(r.get("label"))}
     variants = distinguishing_overrides(rows)
     show_variant = any(variants.values())
-    keys = _section_keys(rows)
-    sections: dict[tuple[str, tuple[str, str] | None], Section] = {}
+    keys = _section_keys(rows, published)
+    # Harness rows grouped by scale within a section (first-seen order), Δ after its row.
+    scales = list(dict.fromkeys(str(s) for s in rows["scale"]))
+    order = sorted(range(len(rows)), key=lambda i: scales.index(str(rows["scale"].iloc[i])))
+    sections: dict[SectionKey, Section] = {}
     data: list[dict[str, Any]] = []
-    for key in dict.fromkeys(keys):
+    for key in dict.fromkeys([*published, *keys]):
         members = rows.loc[[k == key for k in keys]]
         done = any(has_numbers(r) for _, r in members.iterrows())
-        section = sections[key] = Section(section_heading(key[0], key[1],
-                                                          members["split"].iloc[0], done))
+        split = members["split"].iloc[0] if len(members) else None
+        section = sections[key] = Section(section_heading(key[0], key[1], split, done,
+                                                          paper_datasets))
         if key[1] is None:
             continue
         wanted = {PAPER_MODEL.get(str(m)) for m in members["model"]}
@@ -258,9 +207,13 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
                 data.append(_record("paper", model, key, regime=regime, status=prow.status(),
                                     value_status=_value_status(prow),
                                     pretrain_pairs=prow.pretrain_pairs, **prow.values))
-    for key, (_, row) in zip(keys, rows.iterrows()):
+        if members.empty:
+            section.rows.append(_not_run_cells(key[0], grid, show_variant))
+            data.append(_record("harness", "", key, status=f"not run: {not_run_command(grid)}"))
+    for i in order:
+        key, row = keys[i], rows.iloc[i]
         variant = variants[row["stage_id"]] if show_variant else None
-        sections[key].rows.append(_harness_cells(row, variant))
+        sections[key].rows.append(_harness_cells(row, variant, labels))
         metrics = {m: row.get(f"metric.{m}") for m in METRICS} if has_numbers(row) else {}
         data.append(_record(
             "harness", str(row["model"]), key, variant=variant, scale=row.get("scale"),
@@ -293,7 +246,8 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
              + "; other harness models have no published row of the same model.",
              "Scale smoke = tiny models for a pipeline check, never comparable to the paper "
              "(no Δ is computed for them).",
-             "A row without numbers shows its stage status; nothing is filled in.",
+             "A row without numbers shows its stage status; nothing is filled in. Harness "
+             "rows are grouped by scale.",
              *_chance_notes(rows)]
     if show_variant:
         notes.append("Variant = the overrides (of the stage or its training parents) that "
@@ -352,7 +306,7 @@ def write_tables(df: pd.DataFrame, grid: Mapping[str, Any], results_dir: Path,
     return [md, *(p for t in tables for p in write_table(t, out))]
 
 
-def write_grid_tables(grid: Mapping[str, Any], plan: Sequence[PlannedStage],
+def write_grid_tables(grid: Mapping[str, Any], stages: Sequence[ManifestStage], run_root: Path,
                       results_dir: Path) -> list[Path]:
-    """Collect a planned grid's stages and write its tables; returns the paths written."""
-    return write_tables(collect_plan(plan, str(grid["name"])), grid, results_dir)
+    """Collect a grid's stages (as its manifest lists them) and write its tables."""
+    return write_tables(collect_plan(stages, str(grid["name"]), run_root), grid, results_dir)

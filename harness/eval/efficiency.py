@@ -30,6 +30,7 @@ from harness.eval.timing import (
     time_workload,
 )
 from harness.interfaces import CrossEncoder, DualEncoder, TextTokens, TokenFeatures
+from harness.record import Efficiency
 
 __all__ = [
     "PROTOCOLS", "LatencyStats", "measure_latency", "time_workload", "hardware_info",
@@ -297,8 +298,8 @@ def efficiency_block(
     params: Mapping[str, int] | None = None,
     flops: Mapping[str, object] | None = None,
     costs: Mapping[str, Mapping[str, object]] | None = None,
-) -> dict[str, object]:
-    """The ``efficiency`` block of ``result.json``: hardware, parameters, FLOPs and timings."""
+) -> Efficiency:
+    """The ``efficiency`` block of ``result.json`` (:class:`harness.record.Efficiency`)."""
     return {
         "flops_convention": FLOPS_CONVENTION, "precision": precision, **hardware_info(device),
         "params": dict(params or {}), "flops": dict(flops or {}),

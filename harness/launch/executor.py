@@ -7,44 +7,18 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from harness.launch.grid import PlannedStage
+from harness.launch.job import GridReport, StageJob, record_grid
 from harness.launch.lock import StageBusy
 from harness.launch.store import FAILED_MARKER, read_marker
 
 # Stages whose result includes timings (latency, protocol seconds): with parallel workers they
 # run alone, so no other stage shares the CPUs or the GPU while they measure.
 TIMED_TASKS = frozenset({"bench", "eval"})
-
-
-@dataclass
-class GridReport:
-    """What happened to each stage of one grid run."""
-
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    blocked: dict[str, str] = field(default_factory=dict)
-    held: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when every stage is done: none failed, blocked or left to another runner."""
-        return not self.failed and not self.blocked and not self.held
-
-    def summary(self) -> str:
-        """Multi-line human summary, failures with their log paths."""
-        lines = [f"{len(self.done)} ran, {len(self.skipped)} already done, "
-                 f"{len(self.failed)} failed, {len(self.blocked)} not run (dependency failed)"
-                 + (f", {len(self.held)} left to another runner" if self.held else "")]
-        lines += [f"  FAILED {name}: {why}" for name, why in self.failed.items()]
-        lines += [f"  NOT RUN {name}: {why}" for name, why in self.blocked.items()]
-        lines += [f"  HELD {name}: {why}" for name, why in self.held.items()]
-        return "\n".join(lines)
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -78,8 +52,6 @@ def stop_on_signals() -> Iterator[None]:
 
 def _run_in_job(overrides: Sequence[str], run_root: str, grid: str) -> str:
     """One stage through the job object a SLURM job runs (cluster=debug)."""
-    from harness.launch.slurm import StageJob
-
     return StageJob(overrides, run_root, grid)()
 
 
@@ -88,7 +60,7 @@ def _run_in_worker(overrides: Sequence[str], run_root: str, grid: str) -> str:
     from harness.config import compose
     from harness.stage import run_stage
 
-    return str(run_stage(compose(overrides), Path(run_root), grid=grid))
+    return str(run_stage(compose(overrides), Path(run_root), grid=grid, overrides=overrides))
 
 
 def launchable(ready: Sequence[PlannedStage], running_tasks: Sequence[str]
@@ -121,16 +93,22 @@ def _init_worker(threads: int) -> None:
 
 
 def run_local(plan: Sequence[PlannedStage], run_root: Path, grid: str, *,
-              in_job: bool = False, workers: int = 1) -> GridReport:
+              in_job: bool = False, workers: int = 1,
+              grid_config: Mapping[str, Any] | None = None,
+              overrides: Sequence[str] = ()) -> GridReport:
     """Run every stage on this machine in dependency order; failures block dependents only.
 
     ``workers > 1`` runs independent stages at once, each in its own process with its share
     of the CPUs as torch threads; ``in_job`` runs each stage through the job object a SLURM
     job would run (cluster=debug). A stage another live runner owns is left to it (``held``),
     with its dependents. SIGINT or SIGTERM stops the grid: running stages are sent SIGTERM
-    and waited for, then :class:`GridInterrupted` is raised.
+    and waited for, then :class:`GridInterrupted` is raised. Before anything runs, the grid's
+    manifest (``grid_config``, default ``{"name": grid}``) is written under
+    ``<run_root>/.grids`` for the report to read.
     """
     report = GridReport()
+    report.manifest = record_grid(plan, grid_config or {"name": grid}, run_root,
+                                  executor="debug" if in_job else "local", overrides=overrides)
     broken: set[Path] = set()
     held: set[Path] = set()
     finished: set[Path] = set()
@@ -195,7 +173,7 @@ def _run_sequential(pending: list[PlannedStage], ready: Any, settle: Any, run_ro
                 if in_job:
                     _run_in_job(stage.overrides, str(run_root), grid)
                 else:
-                    run_stage(stage.cfg, run_root, grid=grid)
+                    run_stage(stage.cfg, run_root, grid=grid, overrides=stage.overrides)
                 settle(stage, None)
             except Preempted as exc:
                 # The loop took the SIGTERM meant for the grid: stop, do not go on to the next

@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.config import compose, to_plain
 from harness.launch.store import Status, stage_dir, stage_status
+from harness.record import TRAINING_TASKS
 
-TRAINING_TASKS = ("pretrain", "finetune")
 # Overrides that steer the launcher, not what a stage computes.
 LAUNCH_KEYS = ("grid", "cluster", "dry_run", "print_config", "wait", "seeds")
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from harness.record import LOCK_FILE
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows has no flock; the identity check remains
     fcntl = None  # type: ignore[assignment]
 
-LOCK_FILE = "LOCK"
 
 
 class StageBusy(RuntimeError):

@@ -11,61 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from harness.launch.executor import GridReport
 from harness.launch.grid import PlannedStage
+from harness.launch.job import GridReport, StageJob, record_grid
 from harness.launch.snapshot import snapshot_code
-from harness.launch.store import RUNNING_MARKER, atomic_write_json, mark, read_marker
-
-# How long a rank other than 0 waits, after a stop, for rank 0's requeue to end the job.
-REQUEUE_WAIT_S = 120.0
-
-
-def _await_requeue(timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(1.0)  # SLURM's SIGTERM (submitit logs it) and SIGKILL end this task
-
-
-class StageJob:
-    """The function a SLURM job runs: one stage, resumable when preempted (submitit protocol)."""
-
-    def __init__(self, overrides: Sequence[str], run_root: str, grid: str) -> None:
-        self.overrides = list(overrides)
-        self.run_root = run_root
-        self.grid = grid
-
-    def __call__(self) -> str:
-        from harness.config import compose
-        from harness.dist import world_info_from_env
-        from harness.procs import Preempted
-        from harness.stage import run_stage
-
-        try:
-            return str(run_stage(compose(self.overrides), Path(self.run_root), grid=self.grid))
-        except Preempted:
-            if world_info_from_env().is_main:
-                # The loop saved a checkpoint at a step boundary; hand over to submitit's own
-                # USR2 handler (restored by now), which calls checkpoint() and requeues the job.
-                signal.raise_signal(signal.SIGUSR2)
-            else:
-                # Submitit requeues from rank 0 only. Exiting here with an error could make
-                # srun (KillOnBadExit) kill rank 0 before it requeued: wait for the requeue to
-                # end this task instead, as submitit's own handler does on other ranks.
-                _await_requeue(REQUEUE_WAIT_S)
-            raise
-
-    def checkpoint(self) -> Any:
-        """Requeue with a fresh job object; the stage resumes from ``checkpoints/latest.pt``."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(StageJob(self.overrides, self.run_root,
-                                                           self.grid))
+from harness.launch.store import RUNNING_MARKER, mark, read_marker
 
 
 def _resources(cluster: Mapping[str, Any], task: str) -> dict[str, Any]:
@@ -156,8 +110,10 @@ def _executor_for(stage: PlannedStage, cluster: Mapping[str, Any], folder: Path,
 
 
 def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_root: Path,
-                grid: str) -> tuple[GridReport, Path]:
-    """Submit every stage not done or queued, parents first; returns the report and manifest."""
+                grid: str, *, grid_config: Mapping[str, Any] | None = None,
+                overrides: Sequence[str] = ()) -> tuple[GridReport, Path]:
+    """Submit every stage not done or queued, parents first; returns the report and manifest
+    (``grid_config``, default ``{"name": grid}``, is the grid's config section)."""
     todo = [s for s in plan if s.status() not in ("done", "running")]
     if todo:
         check_allocation(todo, cluster, partition_nodes(cluster.get("partition")))
@@ -173,7 +129,7 @@ def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_ro
         setup += [f"export PYTHONPATH={code}${{PYTHONPATH:+:$PYTHONPATH}}",
                   "export PYTHONSAFEPATH=1"]
     report, jobs = GridReport(), {}
-    manifest: dict[str, Any] = {"grid": grid, "submitted_at": stamp, "stages": {}}
+    submissions: dict[str, dict[str, Any]] = {}
     for stage in plan:
         name = stage.run_dir.name
         status = stage.status()
@@ -197,7 +153,7 @@ def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_ro
                 job = executor.submit(StageJob(stage.overrides, str(run_root.resolve()), grid))
             except Exception as exc:  # sbatch's message is the useful part
                 report.failed[name] = f"sbatch refused it: {exc}".strip()
-                manifest["stages"][name] = {"status": "refused", "error": str(exc)}
+                submissions[name] = {"status": "refused", "error": str(exc)}
                 continue
             jobs[stage.run_dir] = job.job_id
             stage.run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,11 +162,11 @@ def submit_grid(plan: Sequence[PlannedStage], cluster: Mapping[str, Any], run_ro
             report.done.append(name)
             entry = {"status": "submitted", "job_id": job.job_id, "log": str(job.paths.stdout),
                      "dependency": dependency}
-        manifest["stages"][name] = {"task": stage.task, "model": stage.model,
-                                    "dataset": stage.dataset, **entry}
-    path = run_root / ".grids" / f"{grid}-{stamp}.json"
-    atomic_write_json(path, manifest)
-    return report, path
+        submissions[name] = entry
+    report.manifest = record_grid(plan, grid_config or {"name": grid}, run_root,
+                                  executor="slurm", overrides=overrides,
+                                  submissions=submissions)
+    return report, report.manifest
 
 
 def wait_for(plan: Sequence[PlannedStage], poll_s: float = 5.0, timeout_s: float | None = None

@@ -18,14 +18,12 @@ from typing import Any, Literal, Mapping
 
 # Re-exported: callers in launch/ and older code import the writers from here.
 from harness.atomic import atomic_write_json, atomic_write_text  # noqa: F401
-from harness.eval.results import result_problem
 from harness.launch.lock import describe, pid_alive, read_owner
+from harness.record import DONE_MARKER, FAILED_MARKER, RUNNING_MARKER
+from harness.record import record_problem as result_problem
 
 Status = Literal["done", "running", "interrupted", "failed", "pending"]
 
-DONE_MARKER = "COMPLETE"
-FAILED_MARKER = "FAILED"
-RUNNING_MARKER = "RUNNING"
 
 # Keys that say where things are or how fast to run, not what is computed: two machines with
 # data in different folders must agree on a stage's identity.
