@@ -44,7 +44,7 @@ def _naive(ranks: np.ndarray, samples: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("p, n", [(0.3, 2000), (0.05, 500), (0.6, 150)])
 def test_r1_interval_width_matches_the_binomial_interval(p, n):
     ranks = _ranks_with_r1(n, p)
-    low, high = bootstrap_intervals({"t2i": ranks}, samples=4000, seed=1)["t2i_R@1"]
+    low, high = bootstrap_intervals({"t2i": ranks}, samples=4000, seed=1)["bounds"]["t2i_R@1"]
     analytic = 2 * Z975 * 100 * math.sqrt(p * (1 - p) / n)
     assert abs((high - low) / analytic - 1) < 0.2, (high - low, analytic)
     assert low < 100 * p < high
@@ -65,7 +65,7 @@ def test_median_draws_match_explicit_resampling(n):
 def test_recall_and_rsum_draws_match_explicit_resampling():
     rng = np.random.default_rng(3)
     i2t, t2i = rng.geometric(0.15, 300), rng.geometric(0.1, 800)
-    fast = bootstrap_intervals({"i2t": i2t, "t2i": t2i}, samples=10000, seed=0)
+    fast = bootstrap_intervals({"i2t": i2t, "t2i": t2i}, samples=10000, seed=0)["bounds"]
     xi, xt = _naive(i2t, 10000, 1), _naive(t2i, 10000, 2)
     recalls = {f"{d}_R@{k}": 100 * (x <= k).mean(1) for d, x in (("i2t", xi), ("t2i", xt))
                for k in (1, 5, 10)}
@@ -96,9 +96,9 @@ def test_every_metric_has_an_interval_around_its_point_value():
     i2t, t2i = rng.geometric(0.2, 200), rng.geometric(0.1, 1000)
     out = bootstrap_intervals({"i2t": i2t, "t2i": t2i}, samples=500, seed=3, level=0.9)
     point = metrics_from_ranks(torch.as_tensor(i2t), torch.as_tensor(t2i))
-    assert set(point) <= set(out)
+    assert set(point) <= set(out["bounds"])
     for key, value in point.items():
-        assert out[key][0] <= value <= out[key][1], key
+        assert out["bounds"][key][0] <= value <= out["bounds"][key][1], key
     assert (out["samples"], out["seed"], out["level"]) == (500, 3, 0.9)
 
 
@@ -107,10 +107,12 @@ def test_seeded_and_each_direction_its_own_stream():
     i2t, t2i = rng.geometric(0.2, 200), rng.geometric(0.1, 1000)
     both = bootstrap_intervals({"i2t": i2t, "t2i": t2i}, seed=7)
     assert both == bootstrap_intervals({"i2t": i2t, "t2i": t2i}, seed=7)
-    assert both["t2i_R@1"] != bootstrap_intervals({"i2t": i2t, "t2i": t2i}, seed=8)["t2i_R@1"]
+    other = bootstrap_intervals({"i2t": i2t, "t2i": t2i}, seed=8)
+    assert both["bounds"]["t2i_R@1"] != other["bounds"]["t2i_R@1"]
     # t2i's draws do not depend on whether i2t was there, and i2t and t2i do not share one.
     alone = bootstrap_intervals({"t2i": t2i}, seed=7)
-    assert alone["t2i_meanr"] == both["t2i_meanr"] and "rsum" not in alone
+    assert alone["bounds"]["t2i_meanr"] == both["bounds"]["t2i_meanr"]
+    assert "rsum" not in alone["bounds"]
     a, b = direction_rng(7, "i2t").random(4), direction_rng(7, "t2i").random(4)
     assert not np.array_equal(a, b)
 

@@ -50,8 +50,8 @@ def test_paired_interval_is_narrower_than_two_separate_ones():
     # Correlated runs: most of each run's spread is the queries', which pairing cancels.
     a, b = _pair(seed=2, better=0.03)
     paired = paired_bootstrap({"t2i": a}, {"t2i": b}, samples=1000)["t2i_R@1"]
-    ia = bootstrap_intervals({"t2i": a}, samples=1000)["t2i_R@1"]
-    ib = bootstrap_intervals({"t2i": b}, samples=1000)["t2i_R@1"]
+    ia = bootstrap_intervals({"t2i": a}, samples=1000)["bounds"]["t2i_R@1"]
+    ib = bootstrap_intervals({"t2i": b}, samples=1000)["bounds"]["t2i_R@1"]
     unpaired = math.hypot(ia[1] - ia[0], ib[1] - ib[0])
     assert paired["high"] - paired["low"] < 0.6 * unpaired
 

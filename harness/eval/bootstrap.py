@@ -135,8 +135,8 @@ def direction_samples(ranks: ArrayLike, direction: str, ks: Sequence[int], sampl
 def bootstrap_intervals(ranks: Mapping[str, ArrayLike], ks: Sequence[int] = DEFAULT_KS,
                         samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED,
                         level: float = DEFAULT_LEVEL) -> dict[str, Any]:
-    """The ``intervals`` block: metric -> [low, high] for every R@K, rsum, medr and meanr of
-    each direction in ``ranks``, plus ``samples``, ``seed`` and ``level``."""
+    """The ``intervals`` block: ``bounds`` (metric -> [low, high] for every R@K, rsum, medr and
+    meanr of each direction in ``ranks``), plus ``samples``, ``seed`` and ``level``."""
     check_settings(samples, level)
     ks = tuple(ks)
     if not ks or len(set(ks)) != len(ks) or any(int(k) < 1 for k in ks):
@@ -144,10 +144,9 @@ def bootstrap_intervals(ranks: Mapping[str, ArrayLike], ks: Sequence[int] = DEFA
     drawn: dict[str, np.ndarray] = {}
     for direction, r in ranks.items():
         drawn.update(direction_samples(r, direction, ks, samples, seed))
-    out: dict[str, Any] = {key: percentile_interval(v, level) for key, v in drawn.items()}
+    bounds: dict[str, Any] = {key: percentile_interval(v, level) for key, v in drawn.items()}
     if all(d in ranks for d in RSUM_DIRECTIONS):
         # Directions are resampled independently, so their draws add sample by sample.
         rsum = sum(drawn[f"{d}_R@{k}"] for d in RSUM_DIRECTIONS for k in ks)
-        out["rsum"] = percentile_interval(rsum, level)
-    out.update(samples=int(samples), seed=int(seed), level=float(level))
-    return out
+        bounds["rsum"] = percentile_interval(rsum, level)
+    return {"bounds": bounds, "samples": int(samples), "seed": int(seed), "level": float(level)}
