@@ -27,14 +27,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Rows of scores per chunk when chunk_size is None, tuned with bench/bench_retrieval.py at
-# COCO-5K size. On CPUs small chunks stay in cache (on 2 quiet cores: 1.1-1.2x a bare matmul
-# at 128-256 rows, 1.4x at 512); on GPUs fewer, larger chunks amortise kernel launches.
-CPU_CHUNK_SIZE = 256
+# Rows of scores per chunk when chunk_size is None, and columns per tile on CPU: each tile is
+# counted in both directions right after its GEMM, while still cached. Chosen with
+# bench/bench_retrieval.py at COCO-5K size on a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB
+# L3) shared with other jobs: 512 x 4096 fp32 (8 MiB, plus an equal count buffer) stays in
+# L3; L2-sized tiles (256 x 1024) measured 3-5x slower there, as each of a tile's few
+# passes pays a thread hand-off that a loaded machine makes slow (docs/performance.md).
+# On GPUs fewer, larger chunks amortise kernel launches and tiles span the full width.
+CPU_CHUNK_SIZE = 512
 GPU_CHUNK_SIZE = 1024
-# Columns of scores per tile on CPU: a chunk's rows x these columns, plus the equally sized
-# count buffer, is what the counting passes touch while the GEMM's output is still cached.
-CPU_TILE_COLS = 1024
+CPU_TILE_COLS = 4096
 # fp32 sums of 0/1 values stay exact below 2**24; beyond it the count buffer goes fp64.
 _FP32_EXACT = 2**24
 # Rows per block when checking a full similarity matrix for NaN/inf.
