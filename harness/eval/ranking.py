@@ -30,13 +30,13 @@ from torch import Tensor
 # Rows of scores per chunk when chunk_size is None, and columns per tile on CPU: each tile is
 # counted in both directions right after its GEMM, while still cached. Chosen with
 # bench/bench_retrieval.py at COCO-5K size on a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB
-# L3) shared with other jobs: 512 x 4096 fp32 (8 MiB, plus an equal count buffer) stays in
-# L3; L2-sized tiles (256 x 1024) measured 3-5x slower there, as each of a tile's few
-# passes pays a thread hand-off that a loaded machine makes slow (docs/performance.md).
-# On GPUs fewer, larger chunks amortise kernel launches and tiles span the full width.
-CPU_CHUNK_SIZE = 512
+# L3) shared with other jobs: 1024 x 8192 fp32 tiles (32 MiB, plus an equal count buffer)
+# measured fastest there; L2-sized tiles (256 x 1024) were 2-10x slower, as each of a
+# tile's few passes ends on a thread barrier that a loaded machine makes slow
+# (docs/performance.md). On GPUs tiles span the full width to amortise kernel launches.
+CPU_CHUNK_SIZE = 1024
 GPU_CHUNK_SIZE = 1024
-CPU_TILE_COLS = 4096
+CPU_TILE_COLS = 8192
 # fp32 sums of 0/1 values stay exact below 2**24; beyond it the count buffer goes fp64.
 _FP32_EXACT = 2**24
 # Rows per block when checking a full similarity matrix for NaN/inf.
