@@ -5,13 +5,14 @@ exactly the same with a lower gallery index)``: what a stable descending sort gi
 sorting. Image->text (i2t) ranks an image by its best caption (any number of captions per
 image); text->image (t2i) ranks a caption by its one image.
 
-One pass over image-row chunks of the similarity matrix serves both directions: each row
-chunk yields its images' i2t ranks, and adds column-wise counts for every caption against
-the caption's positive score, known beforehand. Only one chunk of scores (plus one equally
-sized count buffer) is ever held: COCO-5K needs under 100 MB beyond its inputs on CPU,
+One pass over tiles of the similarity matrix (image-row chunks x caption-column tiles)
+serves both directions: each tile adds, per image, the captions ahead of its best positive
+and, per caption, the images ahead of its own, both thresholds known beforehand, right after
+the tile is produced and while it is still cached. Only one tile of scores (plus one equally
+sized count buffer) is ever held: COCO-5K needs about 140 MB beyond its inputs on CPU,
 against ~1 GB for the full matrix plus argsort. Ranks are 1-based.
 
-From embeddings, scores are fp32 (or wider) GEMMs of row chunks. The positive scores come
+From embeddings, scores are fp32 (or wider) GEMMs of tiles. The positive scores come
 from the same row-chunk GEMMs restricted to each chunk's own captions, so they match the
 pass's entries bit for bit in practice (and the ranks match those of the full matrix); the
 pass also writes them into its chunk, so both directions always rank one well-defined
@@ -37,6 +38,8 @@ from torch import Tensor
 CPU_CHUNK_SIZE = 1024
 GPU_CHUNK_SIZE = 1024
 CPU_TILE_COLS = 8192
+# multi_positive_ranks still scores whole rows (galleries of 25k captions): fewer of them.
+_CPU_WHOLE_ROW_CHUNK = 256
 # fp32 sums of 0/1 values stay exact below 2**24; beyond it the count buffer goes fp64.
 _FP32_EXACT = 2**24
 # Rows per block when checking a full similarity matrix for NaN/inf.
@@ -415,6 +418,8 @@ def multi_positive_ranks(
     _check_every_query_has_positive(qg, gg, exclude_self)
     dev = torch.device(device) if device is not None else query_emb.device
     chunk = _check_chunk_size(chunk_size, dev)
+    if chunk_size is None and dev.type == "cpu":
+        chunk = _CPU_WHOLE_ROW_CHUNK
     dtype = _compute_dtype(query_emb, gallery_emb)
     gallery = gallery_emb.to(dev, dtype)
     qg, gg = qg.to(dev), gg.to(dev)
