@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
+import sys
+import threading
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -91,3 +95,21 @@ class Collate:
 def make_collate(tokenize: Callable[[Sequence[str]], dict[str, Tensor]]) -> Collate:
     """Collate items into a model batch, tokenising captions once per batch (in the worker)."""
     return Collate(tokenize)
+
+
+def worker_context(num_workers: int) -> BaseContext | None:
+    """DataLoader ``multiprocessing_context``: fork where that is safe, else the default.
+
+    A stage run in a spawned process (``cluster.workers=2``) inherits "spawn" as its start
+    method, so each loader worker would re-import torch and the harness (seconds per worker
+    on 2 cores) before decoding an image. A fork is safe when nothing the child inherits
+    can be half-held: on Linux, with no CUDA context (a forked child cannot use it) and no
+    other Python thread (it could hold a lock the child would find taken forever). Torch's
+    own intra-op pool is reset in the child by torch, and the workers' ``worker_init_fn``
+    (``ignore_stop_signals``) runs in a forked worker just as in a spawned one.
+    """
+    if num_workers <= 0 or sys.platform != "linux":
+        return None
+    if torch.cuda.is_initialized() or threading.active_count() > 1:
+        return None
+    return multiprocessing.get_context("fork")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from harness.atomic import atomic_write
 from harness.data.karpathy import CaptionCorpus
-from harness.data.loaders import ImageFiles
+from harness.data.loaders import ImageFiles, worker_context
 from harness.data.transforms import ImageTransform
 from harness.dist import current, gather_objects
 from harness.interfaces import DualEncoder
@@ -59,7 +59,8 @@ def encode_images(model: DualEncoder, corpus: CaptionCorpus, transform: ImageTra
     start, stop = shard_bounds(corpus.n_images, env.rank, env.world_size)
     loader = DataLoader(ImageFiles(corpus.image_paths[start:stop], transform),
                         batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
+                        multiprocessing_context=worker_context(num_workers))
     out = []
     with _autocast(device):
         for images in loader:

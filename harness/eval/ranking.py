@@ -5,13 +5,14 @@ exactly the same with a lower gallery index)``: what a stable descending sort gi
 sorting. Image->text (i2t) ranks an image by its best caption (any number of captions per
 image); text->image (t2i) ranks a caption by its one image.
 
-One pass over image-row chunks of the similarity matrix serves both directions: each row
-chunk yields its images' i2t ranks, and adds column-wise counts for every caption against
-the caption's positive score, known beforehand. Only one chunk of scores (plus one equally
-sized count buffer) is ever held: COCO-5K needs under 100 MB beyond its inputs on CPU,
+One pass over tiles of the similarity matrix (image-row chunks x caption-column tiles)
+serves both directions: each tile adds, per image, the captions ahead of its best positive
+and, per caption, the images ahead of its own, both thresholds known beforehand, right after
+the tile is produced and while it is still cached. Only one tile of scores (plus one equally
+sized count buffer) is ever held: COCO-5K needs about 140 MB beyond its inputs on CPU,
 against ~1 GB for the full matrix plus argsort. Ranks are 1-based.
 
-From embeddings, scores are fp32 (or wider) GEMMs of row chunks. The positive scores come
+From embeddings, scores are fp32 (or wider) GEMMs of tiles. The positive scores come
 from the same row-chunk GEMMs restricted to each chunk's own captions, so they match the
 pass's entries bit for bit in practice (and the ranks match those of the full matrix); the
 pass also writes them into its chunk, so both directions always rank one well-defined
@@ -21,17 +22,24 @@ matrix even if a BLAS rounds differently by shape.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-# Rows of scores per chunk when chunk_size is None, tuned with bench/bench_retrieval.py at
-# COCO-5K size. On CPUs small chunks stay in cache (on 2 quiet cores: 1.1-1.2x a bare matmul
-# at 128-256 rows, 1.4x at 512); on GPUs fewer, larger chunks amortise kernel launches.
-CPU_CHUNK_SIZE = 256
+# Rows of scores per chunk when chunk_size is None, and columns per tile on CPU: each tile is
+# counted in both directions right after its GEMM, while still cached. Chosen with
+# bench/bench_retrieval.py at COCO-5K size on a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB
+# L3) shared with other jobs: 1024 x 8192 fp32 tiles (32 MiB, plus an equal count buffer)
+# measured fastest there; L2-sized tiles (256 x 1024) were 2-10x slower, as each of a
+# tile's few passes ends on a thread barrier that a loaded machine makes slow
+# (docs/performance.md). On GPUs tiles span the full width to amortise kernel launches.
+CPU_CHUNK_SIZE = 1024
 GPU_CHUNK_SIZE = 1024
+CPU_TILE_COLS = 8192
+# multi_positive_ranks still scores whole rows (galleries of 25k captions): fewer of them.
+_CPU_WHOLE_ROW_CHUNK = 256
 # fp32 sums of 0/1 values stay exact below 2**24; beyond it the count buffer goes fp64.
 _FP32_EXACT = 2**24
 # Rows per block when checking a full similarity matrix for NaN/inf.
@@ -44,6 +52,11 @@ _CHECK_BLOCK = 8192
 def default_chunk_size(device: torch.device | str) -> int:
     """Rows of scores per chunk used when chunk_size is None: small on CPU, larger elsewhere."""
     return CPU_CHUNK_SIZE if torch.device(device).type == "cpu" else GPU_CHUNK_SIZE
+
+
+def _tile_cols(device: torch.device, n_texts: int) -> int:
+    """Columns of scores per tile: a cache-sized tile on CPU, the full width elsewhere."""
+    return CPU_TILE_COLS if device.type == "cpu" else n_texts
 
 
 def _check_chunk_size(chunk_size: int | None, device: torch.device) -> int:
@@ -183,33 +196,6 @@ def _make_layout(txt2img: Tensor, n_images: int, device: torch.device) -> _Layou
     )
 
 
-def _i2t_chunk(scores: Tensor, i0: int, lay: _Layout, buf: Tensor) -> Tensor:
-    rows = slice(i0, i0 + scores.shape[0])
-    positives = scores.gather(1, lay.pos_pad[rows])
-    best = positives.amax(1)
-    n_texts = scores.shape[1]
-    # Among captions tied at the best score, the lowest original index ranks first.
-    best_index = torch.where(positives == best[:, None], lay.orig_pad[rows], n_texts).amin(1)
-    if lay.order is not None:
-        return _best_positive_ranks(scores, best, best_index, buf, col_index=lay.order)
-    span = (lay.starts[i0], lay.starts[i0 + scores.shape[0]])
-    return _best_positive_ranks(scores, best, best_index, buf, span=span)
-
-
-def _t2i_chunk(scores: Tensor, i0: int, q: Tensor, lay: _Layout, buf: Tensor) -> Tensor:
-    """Per sorted caption: how many images of this row chunk rank ahead of its own image."""
-    c = scores.shape[0]
-    a, b = lay.starts[i0], lay.starts[i0 + c]
-    # Columns [0, a) belong to earlier images, so these rows have higher indices and must
-    # score strictly higher; columns [b, n) belong to later images, so ties also rank ahead.
-    # Columns [a, b) are this chunk's own captions: strictly higher here, ties added below.
-    torch.gt(scores[:, :b], q[:b], out=buf[:, :b])
-    torch.ge(scores[:, b:], q[b:], out=buf[:, b:])
-    ahead = buf.sum(0).long()
-    ahead[a:b] += _lower_index_ties(scores[:, a:b], i0, q[a:b], lay.pos[a:b], buf)
-    return ahead
-
-
 def _lower_index_ties(block: Tensor, i0: int, q: Tensor, pos: Tensor, buf: Tensor) -> Tensor:
     """For captions whose image is in this chunk: rows tied with it and of lower index."""
     eq = buf[:, : block.shape[1]]
@@ -229,18 +215,97 @@ def _count_buffer(rows: int, cols: int, device: torch.device) -> Tensor:
     return torch.empty(rows, cols, dtype=dtype, device=device)
 
 
+def _best_positives(q: Tensor, lay: _Layout) -> tuple[Tensor, Tensor]:
+    """Each image's best positive score and, among captions tied at it, the lowest index."""
+    positives = q[lay.pos_pad]
+    best = positives.amax(1)
+    best_index = torch.where(positives == best[:, None], lay.orig_pad, q.numel()).amin(1)
+    return best, best_index
+
+
+def _i2t_tile_ties(
+    block: Tensor, best: Tensor, best_index: Tensor, idx: Tensor, eq: Tensor
+) -> Tensor:
+    """Per row: items of `block` tied with its best positive and of lower gallery index."""
+    torch.eq(block, best[:, None], out=eq)
+    # The best positive equals itself; only rows with another equal item need index order.
+    own = ((best_index[:, None] == idx[None, :]).sum(1)).to(eq.dtype)
+    tied = (eq.sum(1) > own).nonzero().flatten()
+    ahead = torch.zeros(block.shape[0], dtype=torch.long, device=block.device)
+    if tied.numel():
+        hit = (block[tied] == best[tied, None]) & (idx[None, :] < best_index[tied, None])
+        ahead[tied] = hit.sum(1)
+    return ahead
+
+
 def _rank_pass(
-    chunks: Iterator[tuple[int, Tensor]], q: Tensor, lay: _Layout, n_images: int, chunk: int
+    tiles: Callable[[int, int], Iterator[tuple[int, Tensor]]],
+    q: Tensor,
+    lay: _Layout,
+    n_images: int,
+    chunk: int,
+    tile_cols: int,
 ) -> tuple[Tensor, Tensor]:
-    """Consume image-row chunks (sorted columns) once; return i2t and t2i ranks on CPU."""
+    """Count, tile by tile while each tile of scores is in cache, what ranks ahead of every
+    positive in both directions; return i2t and t2i ranks on CPU.
+
+    `tiles(i0, c)` yields (first sorted column, scores) for rows [i0, i0 + c), left to right.
+    """
     n_texts = q.numel()
-    buf = _count_buffer(min(chunk, n_images), n_texts, q.device)
+    best, best_index = _best_positives(q, lay)
+    # x >= t is x > nextafter(t, -inf) for finite floats: each region of a tile then needs
+    # one strict comparison, whichever way its ties go, so a tile costs few passes.
+    best_dn = torch.nextafter(best, torch.full_like(best, -math.inf))
+    q_dn = torch.nextafter(q, torch.full_like(q, -math.inf))
+    buf = _count_buffer(min(chunk, n_images), min(tile_cols, n_texts), q.device)
     i2t = torch.empty(n_images, dtype=torch.long, device=q.device)
-    t2i = torch.ones(n_texts, dtype=torch.long, device=q.device)
-    for i0, scores in chunks:
-        c = scores.shape[0]
-        i2t[i0 : i0 + c] = _i2t_chunk(scores, i0, lay, buf[:c])
-        t2i += _t2i_chunk(scores, i0, q, lay, buf[:c])
+    t2i_ahead = torch.zeros(n_texts, dtype=_count_buffer(1, n_images, q.device).dtype,
+                            device=q.device)
+    t2i_ties = torch.zeros(n_texts, dtype=torch.long, device=q.device)
+    # i2t tie-breaking is by original caption index: contiguous with the sorted columns only
+    # when the captions came sorted; otherwise every column may hold an earlier-index tie.
+    col_index = lay.order
+    for i0 in range(0, n_images, chunk):
+        c = min(chunk, n_images - i0)
+        a, b = lay.starts[i0], lay.starts[i0 + c]
+        thr, bi = best[i0 : i0 + c, None], best_index[i0 : i0 + c]
+        thr_dn = best_dn[i0 : i0 + c, None]
+        # t2i: a caption of an earlier image (column < b, outside this chunk) has its image
+        # at a lower row index, so these rows rank ahead only when strictly higher; for a
+        # caption of a later image (column >= b) ties rank ahead too (own captions: below).
+        col_thr = torch.cat([q[:b], q_dn[b:]])
+        ahead = torch.zeros(c, dtype=buf.dtype, device=q.device)
+        ties = torch.zeros(c, dtype=torch.long, device=q.device)
+        for j0, scores in tiles(i0, c):
+            w = scores.shape[1]
+            out = buf[:c, :w]
+            # i2t, sorted captions: earlier columns have lower indices, so ties there rank
+            # ahead (>=); from column a on only strictly higher scores do, and ties among
+            # this chunk's own captions [a, b) are settled by index below.
+            k = 0 if col_index is not None else min(max(a - j0, 0), w)
+            if k == w:
+                torch.gt(scores, thr_dn, out=out)
+            elif k == 0:
+                torch.gt(scores, thr, out=out)
+            else:
+                torch.gt(scores[:, :k], thr_dn, out=out[:, :k])
+                torch.gt(scores[:, k:], thr, out=out[:, k:])
+            ahead += out.sum(1)
+            s0, s1 = (j0, j0 + w) if col_index is not None else (max(a, j0), min(b, j0 + w))
+            if s1 > s0:
+                idx = (torch.arange(s0, s1, device=q.device) if col_index is None
+                       else col_index[s0:s1])
+                block = scores[:, s0 - j0 : s1 - j0]
+                ties += _i2t_tile_ties(block, thr[:, 0], bi, idx, buf[:c, : s1 - s0])
+            torch.gt(scores, col_thr[j0 : j0 + w], out=out)
+            t2i_ahead[j0 : j0 + w] += out.sum(0)
+            t0, t1 = max(a, j0), min(b, j0 + w)
+            if t1 > t0:
+                t2i_ties[t0:t1] += _lower_index_ties(
+                    scores[:, t0 - j0 : t1 - j0], i0, q[t0:t1], lay.pos[t0:t1], buf[:c]
+                )
+        i2t[i0 : i0 + c] = ahead.long() + ties + 1
+    t2i = t2i_ahead.long() + t2i_ties + 1
     if lay.order is not None:
         t2i = torch.empty_like(t2i).index_copy_(0, lay.order, t2i)
     return i2t.cpu(), t2i.cpu()
@@ -260,13 +325,17 @@ def retrieval_ranks(
     lay = _make_layout(txt2img, n_images, sims.device)
     cols = torch.arange(n_texts, device=sims.device) if lay.order is None else lay.order
     q = sims[lay.pos, cols]
+    width = _tile_cols(sims.device, n_texts)
 
-    def chunks() -> Iterator[tuple[int, Tensor]]:
-        for i0 in range(0, n_images, chunk):
-            block = sims[i0 : i0 + chunk]
-            yield i0, block if lay.order is None else block.index_select(1, lay.order)
+    def tiles(i0: int, c: int) -> Iterator[tuple[int, Tensor]]:
+        rows = sims[i0 : i0 + c]
+        for j0 in range(0, n_texts, width):
+            if lay.order is None:
+                yield j0, rows[:, j0 : j0 + width]
+            else:
+                yield j0, rows.index_select(1, lay.order[j0 : j0 + width])
 
-    return _rank_pass(chunks(), q, lay, n_images, chunk)
+    return _rank_pass(tiles, q, lay, n_images, chunk, width)
 
 
 def _own_entries(i0: int, c: int, lay: _Layout) -> tuple[Tensor, Tensor, int, int]:
@@ -305,19 +374,24 @@ def retrieval_ranks_from_embeddings(
     txt = txt if lay.order is None else txt[lay.order]
     img = img_emb.to(dev, dtype)
     q = _positive_scores(img, txt, lay, chunk)
-    scores = torch.empty(min(chunk, n_images), n_texts, dtype=dtype, device=dev)
+    width = _tile_cols(dev, n_texts)
+    # The one chunk of scores the pass holds: GEMM output lands here, tile by tile.
+    scores = torch.empty(min(chunk, n_images), width, dtype=dtype, device=dev)
 
-    def chunks() -> Iterator[tuple[int, Tensor]]:
-        for i0 in range(0, n_images, chunk):
-            rows = img[i0 : i0 + chunk]
-            block = torch.mm(rows, txt.T, out=scores[: rows.shape[0]])
-            local, cols, a, _ = _own_entries(i0, rows.shape[0], lay)
-            # Should a BLAS round differently by shape, this keeps both directions ranking
-            # one well-defined matrix: the pass's, with positives set to exactly q.
-            block[local, cols + a] = q[a : a + cols.numel()]
-            yield i0, block
+    def tiles(i0: int, c: int) -> Iterator[tuple[int, Tensor]]:
+        rows = img[i0 : i0 + c]
+        local, cols, a, b = _own_entries(i0, c, lay)
+        for j0 in range(0, n_texts, width):
+            w = min(width, n_texts - j0)
+            block = torch.mm(rows, txt[j0 : j0 + w].T, out=scores[:c, :w])
+            if j0 < b and a < j0 + w:
+                # Should a BLAS round differently by shape, this keeps both directions
+                # ranking one well-defined matrix: the pass's, with positives set to q.
+                inside = (cols + a >= j0) & (cols + a < j0 + w)
+                block[local[inside], cols[inside] + a - j0] = q[a:b][inside]
+            yield j0, block
 
-    return _rank_pass(chunks(), q, lay, n_images, chunk)
+    return _rank_pass(tiles, q, lay, n_images, chunk, width)
 
 
 def multi_positive_ranks(
@@ -344,6 +418,8 @@ def multi_positive_ranks(
     _check_every_query_has_positive(qg, gg, exclude_self)
     dev = torch.device(device) if device is not None else query_emb.device
     chunk = _check_chunk_size(chunk_size, dev)
+    if chunk_size is None and dev.type == "cpu":
+        chunk = _CPU_WHOLE_ROW_CHUNK
     dtype = _compute_dtype(query_emb, gallery_emb)
     gallery = gallery_emb.to(dev, dtype)
     qg, gg = qg.to(dev), gg.to(dev)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from harness.data.karpathy import CaptionCorpus
-from harness.data.loaders import ImageFiles
+from harness.data.loaders import ImageFiles, worker_context
 from harness.data.transforms import ImageTransform
 from harness.eval.features import cached_embeddings, encode_images, encode_texts
 from harness.eval.retrieval import metrics_from_ranks, retrieval_ranks_from_embeddings
@@ -67,7 +67,8 @@ def evaluate_cross(model: nn.Module, corpus: CaptionCorpus, transform: ImageTran
         mode = "full" if corpus.n_images * corpus.n_texts <= int(task["max_pairs"]) else "topk"
     batch = int(task["batch_size"])
     images = DataLoader(ImageFiles(corpus.image_paths, transform), batch_size=batch,
-                        num_workers=num_workers, worker_init_fn=ignore_stop_signals)
+                        num_workers=num_workers, worker_init_fn=ignore_stop_signals,
+                        multiprocessing_context=worker_context(num_workers))
     metrics, protocol, timings = cross_encoder_retrieval(
         model, images, corpus.captions, torch.tensor(corpus.txt2img), mode=mode,
         k_test=int(task["k_test"]), fusion=task["fusion"], tokenize=tokenize,

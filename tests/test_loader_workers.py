@@ -1,0 +1,74 @@
+"""Loader workers of an eval stage are forked where safe, even in a spawned stage process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from harness.data.loaders import worker_context
+from harness.eval.features import encode_images
+
+# Set in the test process only: a forked worker inherits 1, a spawned one re-imports 0.
+PARENT_STATE = 0
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="fork is used on Linux only")
+
+
+class Report:
+    """A 'transform' saying how its worker started and whether it ignores stop signals."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        return torch.tensor([float(PARENT_STATE), float(ignored)])
+
+
+class Identity(torch.nn.Module):
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+@linux_only
+def test_forks_when_nothing_forbids_it() -> None:
+    assert worker_context(2).get_start_method() == "fork"
+    assert worker_context(0) is None  # no workers, nothing to start
+
+
+@linux_only
+def test_another_thread_or_cuda_keeps_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert worker_context(2) is None
+    finally:
+        release.set()
+        other.join()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert worker_context(2) is None
+
+
+@linux_only
+def test_eval_workers_fork_under_an_inherited_spawn_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(paths[-1])
+    corpus = SimpleNamespace(n_images=4, image_paths=paths)
+    # As in a stage process started by spawn: "spawn" is the process-wide default.
+    default = multiprocessing.context._default_context
+    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
+    out = encode_images(Identity(), corpus, Report(), batch_size=2,
+                        device=torch.device("cpu"), num_workers=2)
+    assert out[:, 0].tolist() == [1.0] * 4  # forked: the parent's state is there
+    assert out[:, 1].tolist() == [1.0] * 4  # and worker_init_fn still ignores SIGTERM
