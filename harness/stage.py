@@ -291,20 +291,31 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
 
 def bench_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     """Parameters, FLOPs and protocol times of the model at this scale (random weights)."""
-    from harness.eval.cost import model_costs, protocol_seconds
+    from harness.config import compose
+    from harness.eval.cost import FirstStageModel, model_costs, protocol_seconds
 
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     factory = MODELS.get(cfg.model.name)
     model_cfg, vocab = without_weights(to_plain(cfg.model)), int(cfg.task.vocab_size)
+    first, name = None, cfg.task.get("first_stage")
+    if name and str(name) != "self":  # a model name: time its embedding protocol too
+        fs_cfg = without_weights(to_plain(compose([f"model={name}", "task=bench",
+                                                   f"scale={cfg.scale.name}"]).model))
+        first = FirstStageModel(str(name), lambda: MODELS.get(str(name))(fs_cfg, vocab_size=vocab),
+                                int(fs_cfg["image_size"]))
     block = model_costs(lambda: factory(model_cfg, vocab_size=vocab),
                         image_size=int(cfg.model.image_size), text_len=int(cfg.task.text_len),
                         vocab_size=vocab, protocols=list(cfg.task.protocols), device=device,
                         precision=cfg.task.precision or ("bf16" if device.type == "cuda"
                                                          else "fp32"),
                         budget_s=float(cfg.task.budget_s), encode_batch=int(cfg.task.encode_batch),
-                        pair_batch=int(cfg.task.pair_batch), k_test=int(cfg.task.k_test))
+                        pair_batch=int(cfg.task.pair_batch), k_test=int(cfg.task.k_test),
+                        first_stage=first)
     return {"split": None, "efficiency": block, "protocol_seconds": protocol_seconds(block),
             "protocol": {"dataset": None, "k_test": int(cfg.task.k_test),
+                         "rerank_k": int(cfg.task.k_test) if any(
+                             "topk_rerank" in c for c in block["protocols"].values()) else None,
+                         "first_stage": None if first is None else first.name,
                          "precision": block["precision"],
                          "eval_batch_size": int(cfg.task.encode_batch), "world_size": 1,
                          "image_size": int(cfg.model.image_size),
