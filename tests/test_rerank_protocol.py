@@ -3,6 +3,7 @@ first-stage run (``task.first_stage``) checked before any pair is scored."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,50 @@ def test_a_model_name_needs_exactly_one_completed_default_eval(tmp_path):
     # An ablation (model config other than the default) is not what a bare model name means.
     only_a = _resolve(tmp_path, "clip", is_default=lambda run: run == a)
     assert only_a.run_dir == a and b.is_dir()
+
+
+# ------------------------------------------------------------------- through the stage runner
+
+
+@pytest.mark.slow
+def test_table2_reranks_cookies_eval_run_and_records_both_recalls(tmp_path):
+    from harness.run import main
+
+    args = ["grid=table2", "grid.experiments.0.models=[cookie,single_stream]",
+            f"run_root={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}",
+            f"data.root={tmp_path / 'data'}", "data.generate.n_images=200", "data.num_workers=0",
+            "scale.pretrain.steps=2", "scale.train.steps=2",
+            "+grid.experiments.1.overrides=['task.k_test=8']",
+            "scale.pretrain.batch_size=16", "scale.train.batch_size=16"]
+    assert main(args) == 0
+    runs = tmp_path / "runs"
+    results = [json.loads(p.read_text()) for p in runs.glob("eval-*/result.json")]
+    rerank = [r for r in results if r["protocol"]["first_stage"] is not None]
+    assert len(results) == 3 and len(rerank) == 1
+    cookie = next(r for r in results if r["model"] == "cookie")
+    got = rerank[0]
+    assert got["protocol"]["first_stage"] == cookie["stage_id"]
+    assert got["protocol"]["rerank_k"] == 8 and got["protocol"]["scoring"] == "topk"
+    # The first stage's recall, beside the re-ranked one, is COOKIE's own eval recall.
+    assert got["first_stage_metrics"]["i2t_R@1"] == pytest.approx(cookie["metrics"]["i2t_R@1"])
+    assert got["first_stage_metrics"]["t2i_R@5"] == pytest.approx(cookie["metrics"]["t2i_R@5"])
+    # Nothing inside COOKIE's top 8 is lost: R@5 and R@1 can move, R@8 cannot (not reported
+    # here), and R@K above k is not reported at all.
+    assert "i2t_R@10" not in got["metrics"] and "i2t_R@5" in got["metrics"]
+
+
+def test_a_bad_first_stage_fails_the_eval_before_the_model_is_built(tmp_path, monkeypatch):
+    import harness.stage as stage
+    from harness.config import compose
+
+    parent = _eval_run(tmp_path, "finetune-single_stream-synthetic-11112222", task="finetune")
+    cfg = compose(["task=eval", "model=single_stream", f"task.init_from={parent.name}",
+                   "+task.first_stage=eval-cookie-synthetic-deadbeef"])
+
+    def never(*_a, **_k):
+        raise AssertionError("the model was built before the first stage was checked")
+
+    monkeypatch.setattr(stage, "_build_model", never)
+    monkeypatch.setattr(stage, "_corpus", never)
+    with pytest.raises(FirstStageError, match="eval-cookie-synthetic-deadbeef is missing"):
+        stage.eval_task(cfg, tmp_path / "eval-x", tmp_path)
