@@ -302,9 +302,9 @@ class SingleStream(nn.Module):
             return self.itm_head(self.pooler(hidden[:, 0]))
         if self.itm_pool == "image_cls":
             # The image's class token starts near zero (ViT's), so what it holds at the end is
-            # what it gathered by attention from both modalities. The text [CLS] instead starts
-            # as a normalised embedding, identical for every pair; from scratch, in a pre-LN
-            # stack, attention moves it by ~1 %, and an ITM head reading it sits on the prior.
+            # what it gathered by attention from both modalities. The text [CLS] starts as a
+            # normalised embedding, the same for every pair; from scratch, in a pre-LN stack,
+            # attention moves it by ~1 % at initialisation (docs/cross-encoder.md).
             first_image = hidden.shape[1] - image_features.tokens.shape[1]
             return self.itm_head(self.pooler(hidden[:, first_image]))
         weights = mask.to(hidden.dtype)[..., None]
