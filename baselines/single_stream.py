@@ -54,6 +54,9 @@ MAX_LOGIT_SCALE = math.log(100.0)  # same clamp as CLIP's learnable temperature
 TEXT, IMAGE = 0, 1  # modality-type embedding rows
 # vit: timm ViT blocks (ViLT); bert: the layers of the text_tower BERT (UNITER / VisualBERT).
 JOINT_KINDS = ("vit", "bert")
+# What the ITM head reads from the joint sequence ``[text; image]``: cls, the first (text
+# [CLS]) token (ViLT, UNITER); image_cls, the image's class token; mean, a masked mean.
+ITM_POOLS = ("cls", "image_cls", "mean")
 
 
 def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
@@ -235,8 +238,8 @@ class SingleStream(nn.Module):
                              f"Tokenizer.special_ids)")
         self.mlm_prob = float(cfg.get("mlm_prob", 0.15))
         self.itm_pool = str(cfg.get("itm_pool", "cls"))
-        if self.itm_pool not in ("cls", "mean"):
-            raise ValueError(f"model.itm_pool must be 'cls' or 'mean', got {self.itm_pool!r}")
+        if self.itm_pool not in ITM_POOLS:
+            raise ValueError(f"model.itm_pool must be one of {ITM_POOLS}, got {self.itm_pool!r}")
         self.itm_score = str(cfg.get("itm_score", "logit"))
         if self.itm_score not in ("logit", "logprob"):
             raise ValueError(f"model.itm_score must be 'logit' or 'logprob', got {self.itm_score!r}")
@@ -297,6 +300,13 @@ class SingleStream(nn.Module):
         hidden, mask = self.joint(image_features, text_features)
         if self.itm_pool == "cls":
             return self.itm_head(self.pooler(hidden[:, 0]))
+        if self.itm_pool == "image_cls":
+            # The image's class token starts near zero (ViT's), so what it holds at the end is
+            # what it gathered by attention from both modalities. The text [CLS] starts as a
+            # normalised embedding, the same for every pair; from scratch, in a pre-LN stack,
+            # attention moves it by ~1 % at initialisation (docs/cross-encoder.md).
+            first_image = hidden.shape[1] - image_features.tokens.shape[1]
+            return self.itm_head(self.pooler(hidden[:, first_image]))
         weights = mask.to(hidden.dtype)[..., None]
         return self.itm_head(self.pooler((hidden * weights).sum(1) / weights.sum(1)))
 

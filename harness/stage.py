@@ -184,10 +184,73 @@ def _check_same_model(cfg: DictConfig, parent: Path) -> None:
                          f"with the same model overrides ({'; '.join(diff[:5])})")
 
 
+def _preprocessing(cfg: DictConfig) -> dict[str, Any]:
+    """What an eval stage's cached embeddings depend on besides checkpoint, dataset, split."""
+    return {"image_size": int(cfg.model.image_size), "mean": list(cfg.model.mean),
+            "std": list(cfg.model.std), "max_text_len": int(cfg.data.max_text_len),
+            "eval_crop_pct": to_plain(cfg.data.augment).get("eval_crop_pct", 1.0)}
+
+
+def _first_stage(cfg: DictConfig, run_root: Path) -> Any:
+    """The checked run named by ``task.first_stage`` (None: no external first stage)."""
+    from harness.config import compose
+    from harness.eval.first_stage import SELF_NAMES, resolve_first_stage
+
+    name = cfg.task.get("first_stage")
+    if not name or str(name) in SELF_NAMES:
+        return None
+    defaults: dict[str, Any] = {}
+
+    def is_default(run: Path) -> bool:  # the model's own config at this scale, no ablation
+        if "model" not in defaults:
+            defaults["model"] = to_plain(compose([f"model={name}", f"data={cfg.data.name}",
+                                                  f"scale={cfg.scale.name}"]).model)
+        return to_plain(OmegaConf.load(run / "resolved.yaml").model) == defaults["model"]
+
+    return resolve_first_stage(str(name), run_root, dataset=cfg.data.name,
+                               split=str(cfg.task.split), k_test=int(cfg.task.k_test),
+                               is_default=is_default)
+
+
+def _first_stage_embeddings(first: Any, cfg: DictConfig, run_root: Path, corpus: CaptionCorpus,
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first stage's image and text embeddings of ``corpus``: the ones its own eval cached,
+    or encoded again from its checkpoint with its own preprocessing."""
+    from harness.eval.features import cached_embeddings, encode_images, encode_texts
+    from harness.eval.first_stage import FirstStageError
+    from harness.interfaces import DualEncoder
+
+    fs_cfg = OmegaConf.load(first.run_dir / "resolved.yaml")
+    parent = _parent(fs_cfg, run_root, required=True)
+    assert parent is not None
+    checkpoint = parent / "checkpoints" / "latest.pt"
+    tokenizer = Tokenizer(parent / "tokenizer", int(fs_cfg.data.max_text_len))
+    batch = int(cfg.task.batch_size)
+
+    def encode() -> tuple[torch.Tensor, torch.Tensor]:
+        model = _build_model(fs_cfg, tokenizer)
+        if not isinstance(model, DualEncoder):
+            raise FirstStageError(f"task.first_stage={cfg.task.first_stage}: run "
+                                  f"{first.name} ({fs_cfg.model.name}) has no embeddings")
+        model.load_state_dict(load_checkpoint(checkpoint)["model"])
+        model.to(device).eval()
+        img = encode_images(model, corpus, _transform(fs_cfg, train=False), batch_size=batch,
+                            device=device, num_workers=int(cfg.task.num_workers))
+        return img, encode_texts(model, corpus.captions, tokenizer, batch_size=batch,
+                                 device=device)
+
+    key = feature_key(checkpoint, fs_cfg.data.name, str(fs_cfg.task.split),
+                      _preprocessing(fs_cfg))
+    cache = run_root / ".features" if cfg.task.get("cache_features", True) else None
+    img, txt, _ = cached_embeddings(cache, key, encode)
+    return img, txt
+
+
 def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     """Retrieval metrics of a trained stage's checkpoint on ``task.split``."""
     parent = _parent(cfg, run_root, required=True)
     assert parent is not None
+    first = _first_stage(cfg, run_root)  # every check on it before any model is built
     report = DataReport(cfg.data.on_bad_sample)
     corpus = _corpus(cfg, cfg.task.split, report)
     report.write(run_dir / "data_report.json")
@@ -199,15 +262,21 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     model.to(device).eval()
     transform, workers = _transform(cfg, train=False), int(cfg.task.num_workers)
     per_query: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if is_cross_encoder(model):
+        given = (None if first is None else
+                 (*_first_stage_embeddings(first, cfg, run_root, corpus, device), first.name))
         metrics, protocol, timings = evaluate_cross(model, corpus, transform, tokenizer,
                                                     task=to_plain(cfg.task), device=device,
-                                                    num_workers=workers)
+                                                    num_workers=workers, first_stage=given)
+        if "first_stage_metrics" in protocol:  # the first stage's recall beside the re-ranked
+            extra["first_stage_metrics"] = protocol.pop("first_stage_metrics")
+    elif first is not None:
+        raise ValueError(f"task.first_stage={cfg.task.first_stage}: only a cross-encoder "
+                         f"re-ranks a first stage; {cfg.model.name} ranks by its own embeddings")
     else:
         checkpoint = parent / "checkpoints" / "latest.pt"
-        preprocessing = {"image_size": int(cfg.model.image_size), "mean": list(cfg.model.mean),
-                         "std": list(cfg.model.std), "max_text_len": int(cfg.data.max_text_len),
-                         "eval_crop_pct": to_plain(cfg.data.augment).get("eval_crop_pct", 1.0)}
+        preprocessing = _preprocessing(cfg)
         ranks: dict[str, torch.Tensor] = {}
         metrics, protocol, timings = evaluate_dual(
             model, corpus, transform, tokenizer, batch_size=int(cfg.task.batch_size),
@@ -227,25 +296,36 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
                          **protocol},
             "efficiency": _model_efficiency(cfg, model, tokenizer.vocab_size, device, timings),
             "chance": {"i2t_R@1": 100.0 * len(corpus.captions) / corpus.n_images
-                       / corpus.n_texts, "t2i_R@1": 100.0 / corpus.n_images}}
+                       / corpus.n_texts, "t2i_R@1": 100.0 / corpus.n_images}, **extra}
 
 
 def bench_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     """Parameters, FLOPs and protocol times of the model at this scale (random weights)."""
-    from harness.eval.cost import model_costs, protocol_seconds
+    from harness.config import compose
+    from harness.eval.cost import FirstStageModel, model_costs, protocol_seconds
 
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     factory = MODELS.get(cfg.model.name)
     model_cfg, vocab = without_weights(to_plain(cfg.model)), int(cfg.task.vocab_size)
+    first, name = None, cfg.task.get("first_stage")
+    if name and str(name) != "self":  # a model name: time its embedding protocol too
+        fs_cfg = without_weights(to_plain(compose([f"model={name}", "task=bench",
+                                                   f"scale={cfg.scale.name}"]).model))
+        first = FirstStageModel(str(name), lambda: MODELS.get(str(name))(fs_cfg, vocab_size=vocab),
+                                int(fs_cfg["image_size"]))
     block = model_costs(lambda: factory(model_cfg, vocab_size=vocab),
                         image_size=int(cfg.model.image_size), text_len=int(cfg.task.text_len),
                         vocab_size=vocab, protocols=list(cfg.task.protocols), device=device,
                         precision=cfg.task.precision or ("bf16" if device.type == "cuda"
                                                          else "fp32"),
                         budget_s=float(cfg.task.budget_s), encode_batch=int(cfg.task.encode_batch),
-                        pair_batch=int(cfg.task.pair_batch), k_test=int(cfg.task.k_test))
+                        pair_batch=int(cfg.task.pair_batch), k_test=int(cfg.task.k_test),
+                        first_stage=first)
     return {"split": None, "efficiency": block, "protocol_seconds": protocol_seconds(block),
             "protocol": {"dataset": None, "k_test": int(cfg.task.k_test),
+                         "rerank_k": int(cfg.task.k_test) if any(
+                             "topk_rerank" in c for c in block["protocols"].values()) else None,
+                         "first_stage": None if first is None else first.name,
                          "precision": block["precision"],
                          "eval_batch_size": int(cfg.task.encode_batch), "world_size": 1,
                          "image_size": int(cfg.model.image_size),

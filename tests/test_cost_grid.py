@@ -17,12 +17,20 @@ def test_table3_grid_measures_every_model_and_writes_the_ratio_table(tmp_path, c
             "scale.bench_budget_s=0.05", "task.protocols=[flickr30k_1k]",
             "scale.eval_batch_size=8", "task.pair_batch=32"]
     assert main(args) == 0
-    assert "3 ran, 0 already done, 0 failed" in capsys.readouterr().out
-    results = {}
+    assert "4 ran, 0 already done, 0 failed" in capsys.readouterr().out
+    results, reranking = {}, None
     for path in (tmp_path / "runs").glob("bench-*/result.json"):
         result = json.loads(path.read_text())
+        if result["protocol"]["first_stage"] is not None:  # single stream over COOKIE's top-k
+            reranking = result
+            continue
         results[result["model"]] = result
     assert set(results) == {"cookie", "clip", "single_stream"}
+    assert reranking is not None and reranking["protocol"]["first_stage"] == "cookie"
+    rerank = reranking["efficiency"]["protocols"]["flickr30k_1k"]["topk_rerank"]
+    cookie = results["cookie"]["protocol_seconds"]["flickr30k_1k"]["embedding"]["seconds"]
+    assert rerank["first_stage_s"] > 0 and rerank["total_s"] > rerank["first_stage_s"]
+    assert cookie > 0
     for model, result in results.items():
         eff = result["efficiency"]
         assert eff["params"]["total"] > 0 and eff["flops"]["image_encode_flops"] > 0

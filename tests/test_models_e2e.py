@@ -33,6 +33,7 @@ def _stage_dirs(runs: Path) -> dict[str, Path]:
 def test_pretrain_finetune_eval_through_the_stage_runner(model: str, tmp_path: Path) -> None:
     args = [
         "grid=table2", f"grid.experiments.0.models=[{model}]",
+        "grid.experiments.1.models=[]",  # the re-ranking row needs COOKIE's eval run
         f"run_root={tmp_path / 'runs'}", f"results_dir={tmp_path / 'results'}",
         f"data.root={tmp_path / 'data'}", "data.generate.n_images=200", "data.num_workers=0",
         "scale.pretrain.steps=4", "scale.train.steps=4",

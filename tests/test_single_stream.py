@@ -91,6 +91,35 @@ def test_itm_pooling_option():
         build_single_stream(tiny_cfg(itm_pool="max"), vocab_size=VOCAB)
 
 
+def _pooled_spread(pool: str) -> float:
+    """Spread across pairs / RMS of what the ITM head reads, at initialisation."""
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(itm_pool=pool, joint={**tiny_cfg()["joint"], "kwargs": {
+        **tiny_cfg()["joint"]["kwargs"], "depth": 2}}), vocab_size=VOCAB).eval()
+    seen = []
+    m.pooler.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    n = 16
+    with torch.no_grad():
+        m.score_pairs(m.image_features(torch.randn(n, 3, 32, 32)),
+                      m.text_features(text_batch([2 + i % 6 for i in range(n)])))
+    pooled = seen[0]
+    return float(pooled.std(0).mean() / pooled.pow(2).mean().sqrt())
+
+
+def test_image_cls_pooling_reads_a_token_that_differs_between_pairs():
+    # From scratch in a pre-LN stack, the text [CLS] (first joint token) is almost the same
+    # vector for every pair: an ITM head reading it learns the prior (docs/cross-encoder.md).
+    # The image class token starts near zero, so it holds what attention brought it.
+    cls, image_cls = _pooled_spread("cls"), _pooled_spread("image_cls")
+    assert cls < 0.05 < image_cls
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(itm_pool="image_cls"), vocab_size=VOCAB).eval()
+    img = m.image_features(torch.randn(2, 3, 32, 32))
+    a = m.score_pairs(img, m.text_features(text_batch([3, 2], width=6)))
+    b = m.score_pairs(img, m.text_features(text_batch([3, 2], width=14)))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the index follows the padding
+
+
 def test_logprob_score_is_a_log_probability():
     torch.manual_seed(0)
     m = build_single_stream(tiny_cfg(itm_score="logprob"), vocab_size=VOCAB).eval()

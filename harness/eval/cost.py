@@ -7,6 +7,7 @@ dummy inputs and extrapolated to the full protocol where the budget runs out (la
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -58,11 +59,40 @@ def _protocol_flops(flops: Mapping[str, Any], n_images: int, n_texts: int, embed
                                embed_dim=int(embed_dim or 0))
 
 
+@dataclass(frozen=True)
+class FirstStageModel:
+    """Another model whose embeddings pick a cross-encoder's top-k (``task.first_stage``)."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    image_size: int
+
+
+def _first_stage_costs(first: FirstStageModel, protocol: str, *, text_len: int,
+                       vocab_size: int, device: torch.device, precision: str, budget_s: float,
+                       encode_batch: int) -> dict[str, Any]:
+    """The dual-encoder protocol cost of a named first stage, on its own image size."""
+    torch.manual_seed(0)
+    model = first.build().to(device).eval()
+    if not _has_dual_head(model):
+        raise ValueError(f"task.first_stage={first.name}: the model has no encode_image/"
+                         "encode_text, so it cannot pick candidates")
+    images, tokens = dummy_batch(encode_batch, encode_batch, first.image_size, text_len,
+                                 vocab_size, device)
+    cost = dual_encoder_costs(model, images, tokens, protocol=protocol, device=device,
+                              budget_s=budget_s, precision=precision)
+    flops = flops_summary(first.build, image_size=first.image_size, text_len=text_len)
+    _, n_images, n_texts = resolve_protocol(protocol)
+    cost["flops"] = _protocol_flops(flops, n_images, n_texts, cost["embed_dim"], 0)
+    return {**cost, "model": first.name}
+
+
 def model_costs(build: Callable[[], nn.Module], *, image_size: int, text_len: int,
                 vocab_size: int, protocols: Sequence[str], device: torch.device,
                 precision: str, budget_s: float, encode_batch: int, pair_batch: int,
-                k_test: int) -> dict[str, Any]:
-    """The ``efficiency`` block of a bench stage: params, FLOPs, and each protocol's costs."""
+                k_test: int, first_stage: FirstStageModel | None = None) -> dict[str, Any]:
+    """The ``efficiency`` block of a bench stage: params, FLOPs, and each protocol's costs;
+    a cross-encoder's top-k re-ranking counts ``first_stage``'s protocol (else its own head)."""
     flops = flops_summary(build, image_size=image_size, text_len=text_len)
     torch.manual_seed(0)
     model = build().to(device).eval()
@@ -71,10 +101,17 @@ def model_costs(build: Callable[[], nn.Module], *, image_size: int, text_len: in
                                  device)
     costs: dict[str, Any] = {}
     embed_dim = None
+    if first_stage is not None and not is_cross_encoder(model):
+        raise ValueError(f"task.first_stage={first_stage.name}: only a cross-encoder re-ranks "
+                         "a first stage's candidates")
     for protocol in protocols:
         name, n_images, n_texts = resolve_protocol(protocol)
         first = None
-        if _has_dual_head(model):
+        if first_stage is not None:
+            first = _first_stage_costs(first_stage, name, text_len=text_len,
+                                       vocab_size=vocab_size, device=device, precision=precision,
+                                       budget_s=budget_s, encode_batch=encode_batch)
+        elif _has_dual_head(model):
             first = dual_encoder_costs(model, images, tokens, protocol=name, device=device,
                                        budget_s=budget_s, precision=precision)
             embed_dim = first["embed_dim"]
@@ -87,6 +124,8 @@ def model_costs(build: Callable[[], nn.Module], *, image_size: int, text_len: in
         else:
             cost = first
         cost["flops"] = _protocol_flops(flops, n_images, n_texts, embed_dim, k_test)
+        if first_stage is not None and first is not None and "topk_rerank_flops" in cost["flops"]:
+            cost["flops"]["topk_rerank_flops"] += int(first["flops"]["total_flops"])
         costs[name] = cost
     block = efficiency_block(device=device, precision=precision, params=params, flops=flops,
                              costs=costs)

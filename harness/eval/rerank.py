@@ -166,7 +166,7 @@ def _full(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: 
 def _topk(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: Tensor,
           sims: Tensor, *, k_test: int, fusion: str, ks: Sequence[int],
           budget: Callable[[int], None], score_kw: dict[str, Any], clock: dict[str, float]
-          ) -> tuple[dict[str, float], int]:
+          ) -> tuple[dict[str, float], int, dict[str, float]]:
     n_img, n_txt, dev = len(img), len(txt), sims.device
     first_ranks = retrieval_ranks(sims, txt2img)
     k_i2t, k_t2i = min(k_test, n_txt), min(k_test, n_img)
@@ -192,7 +192,10 @@ def _topk(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: 
     i2t = reranked_ranks(cand_i2t, s_i2t, t2i_dev[cand_i2t] == rows_i, first_ranks[0])
     t2i = reranked_ranks(cand_t2i, s_t2i, cand_t2i == t2i_dev[:, None], first_ranks[1])
     cutoffs = (k_i2t if k_i2t < n_txt else None, k_t2i if k_t2i < n_img else None)
-    return topk_metrics(i2t.cpu(), t2i.cpu(), ks, cutoffs), int(union.numel())
+    # The first stage's own recall, reported beside the re-ranked one: what re-ranking bought.
+    first = metrics_from_ranks(first_ranks[0].cpu(), first_ranks[1].cpu(), ks)
+    first_recall = {k: v for k, v in first.items() if "R@" in k}
+    return topk_metrics(i2t.cpu(), t2i.cpu(), ks, cutoffs), int(union.numel()), first_recall
 
 
 def cross_encoder_retrieval(
@@ -270,13 +273,16 @@ def cross_encoder_retrieval(
     if mode == "full":
         budget(n_img * n_txt)
         metrics, pairs = _full(model, img_f, txt_f, txt2img, ks, score_kw, clock)
-        protocol = {"scoring": "full", "first_stage": None, "k_test": None, "fusion": "itm"}
+        protocol = {"scoring": "full", "first_stage": None, "k_test": None, "rerank_k": None,
+                    "fusion": "itm"}
     else:
         sims = _first_stage_sims(first_stage, (img_e, txt_e), (n_img, n_txt), dev)
-        metrics, pairs = _topk(model, img_f, txt_f, txt2img, sims, k_test=k_test, fusion=fusion,
-                               ks=ks, budget=budget, score_kw=score_kw, clock=clock)
-        protocol = {"scoring": "topk", "k_test": k_test, "fusion": fusion,
-                    "first_stage": first_stage_name or ("self:itc" if own else "given")}
+        metrics, pairs, first_recall = _topk(
+            model, img_f, txt_f, txt2img, sims, k_test=k_test, fusion=fusion, ks=ks,
+            budget=budget, score_kw=score_kw, clock=clock)
+        protocol = {"scoring": "topk", "k_test": k_test, "rerank_k": k_test, "fusion": fusion,
+                    "first_stage": first_stage_name or ("self:itc" if own else "given"),
+                    "first_stage_metrics": first_recall}
     end = time.perf_counter()
     protocol.update(precision="bf16" if dev.type == "cuda" else "fp32", pair_batch_size=batch_pairs)
     score_s = clock["rank"] - clock["score"]

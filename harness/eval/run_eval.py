@@ -57,14 +57,24 @@ def evaluate_dual(model: nn.Module, corpus: CaptionCorpus, transform: ImageTrans
 
 def evaluate_cross(model: nn.Module, corpus: CaptionCorpus, transform: ImageTransform,
                    tokenize: Tokenize, *, task: Mapping[str, Any], device: torch.device,
-                   num_workers: int) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+                   num_workers: int, first_stage: tuple[Tensor, Tensor, str] | None = None
+                   ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """(metrics, protocol fields, timings) of a pair-scoring model; ``task.mode=auto`` scores
-    every pair when that fits ``task.max_pairs`` and re-ranks the top ``k_test`` otherwise."""
+    every pair when that fits ``task.max_pairs`` and re-ranks the top ``k_test`` otherwise.
+    ``first_stage`` = (image embeddings, text embeddings, run id) of another model's eval:
+    its top ``k_test`` candidates are re-ranked (``task.mode`` must then be auto or topk)."""
     from harness.eval.rerank import cross_encoder_retrieval
 
     mode = task["mode"]
-    if mode == "auto":
+    if first_stage is not None:
+        if mode == "full":
+            raise ValueError(f"task.first_stage={first_stage[2]} re-ranks top-k candidates; "
+                             "task.mode=full scores every pair instead (use auto or topk)")
+        mode = "topk"
+    elif mode == "auto":
         mode = "full" if corpus.n_images * corpus.n_texts <= int(task["max_pairs"]) else "topk"
+    given = {} if first_stage is None else {"first_stage": first_stage[:2],
+                                            "first_stage_name": first_stage[2]}
     batch = int(task["batch_size"])
     images = DataLoader(ImageFiles(corpus.image_paths, transform), batch_size=batch,
                         num_workers=num_workers, worker_init_fn=ignore_stop_signals,
@@ -73,6 +83,7 @@ def evaluate_cross(model: nn.Module, corpus: CaptionCorpus, transform: ImageTran
         model, images, corpus.captions, torch.tensor(corpus.txt2img), mode=mode,
         k_test=int(task["k_test"]), fusion=task["fusion"], tokenize=tokenize,
         batch_pairs=int(task["batch_pairs"]), feature_batch_size=batch, device=device,
-        max_pairs=int(task["max_pairs"]), allow_over_budget=bool(task["allow_over_budget"]))
+        max_pairs=int(task["max_pairs"]), allow_over_budget=bool(task["allow_over_budget"]),
+        **given)
     protocol = {**protocol, "mode": mode}
     return metrics, protocol, timings
