@@ -209,7 +209,7 @@ def _first_stage(cfg: DictConfig, run_root: Path) -> Any:
 
     return resolve_first_stage(str(name), run_root, dataset=cfg.data.name,
                                split=str(cfg.task.split), k_test=int(cfg.task.k_test),
-                               is_default=is_default)
+                               stage_status=stage_status, is_default=is_default)
 
 
 def _first_stage_embeddings(first: Any, cfg: DictConfig, run_root: Path, corpus: CaptionCorpus,

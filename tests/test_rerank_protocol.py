@@ -16,7 +16,8 @@ from harness.eval.rerank import cross_encoder_retrieval
 from harness.eval.results import make_result, write_result
 from harness.eval.retrieval import retrieval_metrics
 from harness.interfaces import TokenFeatures
-from harness.launch.store import DONE_MARKER, FAILED_MARKER, mark
+from harness.launch.store import DONE_MARKER, FAILED_MARKER, mark, stage_status
+from harness.record import Lineage
 
 N_IMG, CAPS = 9, 3
 TXT2IMG = torch.arange(N_IMG).repeat_interleave(CAPS)
@@ -121,7 +122,7 @@ def _eval_run(root: Path, name: str, *, model: str = "clip", dataset: str = "syn
         mark(run, FAILED_MARKER, error="boom")
         return run
     write_result(run, make_result(stage_id=name, grid=None, task=task, model=model,
-                                  dataset=dataset, split=split, scale="smoke",
+                                  dataset=dataset, split=split, scale="smoke", lineage=Lineage(),
                                   protocol={"n_images": n_images, "n_texts": 5 * n_images,
                                             "first_stage": first_stage}))
     mark(run, DONE_MARKER)
@@ -129,7 +130,8 @@ def _eval_run(root: Path, name: str, *, model: str = "clip", dataset: str = "syn
 
 
 def _resolve(root: Path, name: str, k: int = 16, **kw):
-    return resolve_first_stage(name, root, dataset="synthetic", split="test", k_test=k, **kw)
+    return resolve_first_stage(name, root, dataset="synthetic", split="test", k_test=k,
+                               stage_status=stage_status, **kw)
 
 
 def test_a_completed_eval_run_is_accepted_by_id_or_by_model(tmp_path):

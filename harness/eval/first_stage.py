@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from harness.eval.results import read_result
-from harness.launch.store import stage_status
+from harness.record import RunRecord
+
+#: A stage directory's status (``done``, ``running``, ``failed``, ...): the run store's reader,
+#: passed in by the stage runner so that evaluation does not import the launch layer.
+StatusOf = Callable[[Path], str]
 
 #: ``task.first_stage`` values meaning the cross-encoder's own contrastive head.
 SELF_NAMES = ("self",)
@@ -30,7 +34,7 @@ class FirstStage:
     """A validated first-stage eval run: its directory and result record."""
 
     run_dir: Path
-    result: Mapping[str, Any]
+    result: RunRecord
 
     @property
     def name(self) -> str:
@@ -43,7 +47,7 @@ def _candidates(model: str, dataset: str, run_root: Path) -> list[Path]:
 
 
 def _named(name: str, model: str, dataset: str, run_root: Path,
-           is_default: Callable[[Path], bool]) -> Path:
+           is_default: Callable[[Path], bool], stage_status: StatusOf) -> Path:
     """The run directory ``name`` designates (a run id, or a model's one default eval)."""
     if (run_root / name).is_dir() or name.startswith("eval-"):
         return run_root / name
@@ -62,9 +66,10 @@ def _named(name: str, model: str, dataset: str, run_root: Path,
 
 
 def resolve_first_stage(name: str, run_root: Path, *, dataset: str, split: str, k_test: int,
+                        stage_status: StatusOf,
                         is_default: Callable[[Path], bool] = lambda _: True) -> FirstStage:
     """The completed eval run ``name`` designates, checked against this evaluation."""
-    run_dir = _named(name, name, dataset, run_root, is_default)
+    run_dir = _named(name, name, dataset, run_root, is_default, stage_status)
     status = "missing" if not run_dir.is_dir() else stage_status(run_dir)
     if status != "done":
         raise FirstStageError(f"task.first_stage={name}: run {run_dir.name} is {status} "
@@ -74,14 +79,14 @@ def resolve_first_stage(name: str, run_root: Path, *, dataset: str, split: str, 
     except ValueError as exc:
         raise FirstStageError(f"task.first_stage={name}: run {run_dir.name} has no valid "
                               f"result ({exc})") from None
-    if result["task"] != "eval":
+    if result.task != "eval":
         raise FirstStageError(f"task.first_stage={name}: run {run_dir.name} is a "
-                              f"{result['task']} stage, not an eval")
-    where = (result["dataset"], result["split"])
+                              f"{result.task} stage, not an eval")
+    where = (result.dataset, result.split)
     if where != (dataset, split):
         raise FirstStageError(f"task.first_stage={name}: run {run_dir.name} ranked "
                               f"{where[0]}/{where[1]}, this evaluation is {dataset}/{split}")
-    protocol = result.get("protocol") or {}
+    protocol: Mapping[str, Any] = result.protocol
     if protocol.get("first_stage") is not None:
         raise FirstStageError(f"task.first_stage={name}: run {run_dir.name} is itself a "
                               f"re-ranking; a first stage must rank by embeddings")
