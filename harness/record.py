@@ -325,6 +325,8 @@ def _intervals(block: Any, where: str) -> Intervals:
     if not isinstance(block, dict):
         raise _fail(where, "intervals", f"expected an object, got {_kind(block)}")
     bounds = block.get("bounds")
+    if bounds is None:  # the eval side's flat form (record_per_query): metric -> [low, high]
+        bounds = {k: v for k, v in block.items() if k not in ("samples", "seed", "level")}
     if not isinstance(bounds, dict):
         raise _fail(where, "intervals.bounds", f"expected an object, got {_kind(bounds)}")
     pairs = {}
