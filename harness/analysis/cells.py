@@ -8,11 +8,13 @@ import from here and never from each other's builders.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
 from harness.analysis.paper import paper_rsum
+from harness.record import Intervals, RecordError, read_record
 
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
 METRICS = (*RECALL_KEYS, "rsum")
@@ -144,3 +146,32 @@ def distinguishing_overrides(rows: pd.DataFrame) -> dict[str, str]:
             for _, r in rows.iterrows()}
     common = set.intersection(*(set(v) for v in sets.values())) if sets else set()
     return {sid: " ".join(o for o in items if o not in common) for sid, items in sets.items()}
+
+
+def seed_of(row: Mapping[str, Any]) -> int | None:
+    """The ``seed=<s>`` a stage (or its training parents) was given by a grid, or None."""
+    for item in str(row.get("overrides") or "").split("; "):
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") == "seed" and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return None
+
+
+def without_seed(variant: str) -> str:
+    """A variant's overrides less its ``seed=`` (seeds of one experiment are one row)."""
+    return " ".join(o for o in variant.split() if o.partition("=")[0].lstrip("+~") != "seed")
+
+
+def row_intervals(row: Mapping[str, Any]) -> Intervals | None:
+    """The bootstrap intervals of a done row's run record, or None when it has none."""
+    if not has_numbers(row) or missing(row.get("run_dir")):
+        return None
+    try:
+        return read_record(Path(str(row["run_dir"]))).intervals
+    except RecordError:  # collect already read it; a record gone since shows no interval
+        return None
+
+
+def interval_text(low: float, high: float) -> str:
+    """``[low, high]`` with one decimal, as printed after a point value."""
+    return f"[{low:.1f}, {high:.1f}]"

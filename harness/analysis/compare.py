@@ -8,13 +8,15 @@ the paired interval narrower than two separate ones. Queries without a positive 
 
 Entry points: :func:`paired_bootstrap` on rank arrays, :func:`compare_runs` on two run
 directories, and :func:`compare_rows` for the tables (every row of a collected table against
-one reference row).
+one reference row); :func:`read_reference` and :func:`paired_seeds` are what the retrieval
+table uses to mark rows (the reference comes from the grid's ``reference:`` key).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,98 @@ def compare_rows(df: pd.DataFrame, ref: str, metrics: Sequence[str] | None = Non
             rows.append({"stage_id": stage_id, "reference": ref, "metric": metric, **summary,
                          "note": note})
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+#: Differences a table reports against its reference row, in this order.
+TABLE_METRICS = ("rsum", "i2t_R@1", "t2i_R@1")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The row each other row of a table is compared with: a model and its variant."""
+
+    model: str
+    overrides: frozenset[str]
+
+    def describe(self) -> str:
+        """How a note names the reference."""
+        variant = " ".join(sorted(self.overrides))
+        return f"{self.model} ({variant or 'no variant override'})"
+
+    def matches(self, model: str, variant: str) -> bool:
+        """Whether a row of ``model`` with these distinguishing overrides is the reference."""
+        return model == self.model and frozenset(variant.split()) == self.overrides
+
+
+def read_reference(grid: Mapping[str, Any]) -> Reference | None:
+    """The grid's ``reference: {model: <name>, overrides: [...]}``, or None without one."""
+    value = grid.get("reference")
+    if value is None:
+        return None
+    where = f"grid {grid.get('name')!r} reference"
+    if not isinstance(value, Mapping) or not isinstance(value.get("model"), str):
+        raise ValueError(f"{where}: expected {{model: <harness model>, overrides: [...]}}, "
+                         f"got {value!r}")
+    overrides = value.get("overrides") or []
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError(f"{where}.overrides: expected a list of key=value strings, got "
+                         f"{overrides!r}")
+    unknown = sorted(set(value) - {"model", "overrides"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: model, overrides")
+    return Reference(value["model"], frozenset(overrides))
+
+
+def paired_seeds(pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]],
+                 **options: Any) -> dict[str, dict[str, Any]]:
+    """Per metric of :data:`TABLE_METRICS`, a row against its reference over seed-matched
+    pairs ``((stage_id, run_dir), (ref_stage_id, ref_run_dir))``: ``diff`` (mean over pairs),
+    ``low``/``high`` (the paired interval; NaN for several pairs), ``n``, ``excluding``
+    (pairs whose interval excludes 0 on the side of the mean) and ``significant`` (every pair
+    does), ``note`` (why a pair could not be compared)."""
+    found: dict[str, list[dict[str, Any]]] = {m: [] for m in TABLE_METRICS}
+    notes = []
+    for (sid, run_dir), (ref, ref_dir) in pairs:
+        frame = pd.DataFrame({"stage_id": [sid, ref], "run_dir": [run_dir, ref_dir]})
+        try:
+            out = compare_rows(frame, ref, metrics=TABLE_METRICS, **options)
+        except ValueError as exc:  # the reference itself has no ranks: say so in the cell
+            notes.append(str(exc))
+            continue
+        for rec in out.to_dict("records"):
+            if rec["note"]:
+                notes.append(rec["note"])
+            elif not np.isnan(rec["diff"]):
+                found[rec["metric"]].append(rec)
+    summary = {}
+    for metric, recs in found.items():
+        if not recs:
+            continue
+        diff = float(np.mean([r["diff"] for r in recs]))
+        side = [(r["low"] > 0) if diff > 0 else (r["high"] < 0) for r in recs]
+        one = len(recs) == 1
+        summary[metric] = {"diff": diff, "low": recs[0]["low"] if one else np.nan,
+                           "high": recs[0]["high"] if one else np.nan,
+                           "p": recs[0]["p"] if one else np.nan, "n": len(recs),
+                           "excluding": int(sum(side)), "significant": all(side)}
+    return {**summary, "note": "; ".join(dict.fromkeys(notes))}  # type: ignore[dict-item]
+
+
+def paired_text(summary: Mapping[str, Any]) -> str:
+    """The table cell of :func:`paired_seeds`: each difference, ``*`` where it excludes 0,
+    and ``within noise`` when none does."""
+    parts = []
+    for metric in TABLE_METRICS:
+        s = summary.get(metric)
+        if not s:
+            continue
+        name = metric.replace("_", " ").replace("rsum", "RSUM")
+        if s["n"] == 1:
+            spread = f" [{s['low']:+.1f}, {s['high']:+.1f}]"
+        else:
+            spread = f" (n={s['n']} seeds, {s['excluding']}/{s['n']} exclude 0)"
+        parts.append(f"{name} {s['diff']:+.2f}{spread}{'*' if s['significant'] else ''}")
+    if not parts:
+        return f"not compared: {summary.get('note') or 'no paired ranks'}"
+    marked = any(summary[m]["significant"] for m in TABLE_METRICS if m in summary)
+    return "; ".join(parts) + ("" if marked else " — within noise")

@@ -44,7 +44,7 @@ _LATEX_CHARS = {
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "†": r"\textsuperscript{\dag}", "‡": r"\textsuperscript{\ddag}",
     "→": r"$\rightarrow$", "↔": r"$\leftrightarrow$", "Δ": r"$\Delta$", "×": r"$\times$",
-    "≈": r"$\approx$", "—": "---", "–": "--", "−": "-", "`": "",
+    "≈": r"$\approx$", "±": r"$\pm$", "—": "---", "–": "--", "−": "-", "`": "",
 }
 
 

@@ -40,15 +40,26 @@ from harness.analysis.cells import (  # noqa: F401  (re-exported: the table voca
     distinguishing_overrides,
     gallery,
     has_numbers,
+    interval_text,
     missing,
     num,
     paper_index,
     paper_protocol,
+    row_intervals,
+    seed_of,
     sig,
     status_text,
     text,
+    without_seed,
 )
 from harness.analysis.collect import collect_plan
+from harness.analysis.compare import (
+    TABLE_METRICS,
+    Reference,
+    paired_seeds,
+    paired_text,
+    read_reference,
+)
 from harness.analysis.paper import load_paper_numbers
 from harness.analysis.render import Section, Table, to_markdown, write_table
 from harness.atomic import atomic_write_text
@@ -117,14 +128,105 @@ def protocol_cell(row: Mapping[str, Any], labels: Mapping[str, str] | None = Non
     return f"{cell}; top-{int(k)} rerank of {first}"
 
 
-def _harness_cells(row: Mapping[str, Any], variant: str | None,
-                   labels: Mapping[str, str] | None = None) -> list[str]:
-    numbers = has_numbers(row)
-    metrics = [num(row.get(f"metric.{m}")) if numbers else "" for m in METRICS]
-    cells = ["harness", str(row["model"])]
-    cells += [variant or "—"] if variant is not None else []
-    return [*cells, text(row.get("scale")), text(row.get("regime")), protocol_cell(row, labels),
-            *metrics, status_text(row), str(row["stage_id"])]
+def _harness_cells(unit: pd.DataFrame, variant: str | None,
+                   labels: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """Display cells of one table row (one stage, or the seeds of one experiment) and its
+    csv fields: point values, bootstrap intervals, and mean ± std when seeds are several."""
+    row = unit.iloc[0]
+    cells, fields = _metric_cells(unit) if has_numbers(row) else ([""] * len(METRICS), {})
+    status = status_text(row)
+    if len(unit) > 1:
+        seeds = ", ".join(str(seed_of(r)) for _, r in unit.iterrows())
+        status = f"done; mean ± std over n={len(unit)} seeds ({seeds})"
+    head = ["harness", str(row["model"]), *([variant or "—"] if variant is not None else [])]
+    return [*head, text(row.get("scale")), text(row.get("regime")), protocol_cell(row, labels),
+            *cells, status, " ".join(str(s) for s in unit["stage_id"])], fields
+
+
+def _metric_cells(unit: pd.DataFrame) -> tuple[list[str], dict[str, Any]]:
+    """Per metric, the cell text and csv fields of a done unit (see :func:`_harness_cells`)."""
+    bounds = [getattr(row_intervals(r), "bounds", {}) for _, r in unit.iterrows()]
+    cells, fields = [], {}
+    for m in METRICS:
+        values = [float(v) for v in unit[f"metric.{m}"] if not missing(v)]
+        if not values:
+            cells.append("")
+            continue
+        mean = sum(values) / len(values)
+        fields[m] = mean
+        cell = num(mean)
+        if len(values) > 1:
+            std = float(pd.Series(values).std(ddof=1))
+            fields[f"{m}_std"], cell = std, f"{cell} ± {num(std)}"
+        if bounds and all(m in b for b in bounds):
+            # Several seeds: the mean of each seed's per-query interval (a typical width,
+            # not an interval of the mean over seeds).
+            low = sum(b[m][0] for b in bounds) / len(bounds)
+            high = sum(b[m][1] for b in bounds) / len(bounds)
+            fields[f"{m}_low"], fields[f"{m}_high"] = low, high
+            cell = f"{cell} {interval_text(low, high)}"
+        cells.append(cell)
+    if len(unit) > 1:
+        fields["n_seeds"] = len(unit)
+        fields["seeds"] = " ".join(str(seed_of(r)) for _, r in unit.iterrows())
+    return cells, fields
+
+
+def seed_units(rows: pd.DataFrame, keys: Sequence[SectionKey], variants: Mapping[str, str]
+               ) -> list[list[int]]:
+    """Row positions shown as one table row: the done seeds of one experiment (same section,
+    model, scale and variant) together, every other row alone; in first-seen order."""
+    units: dict[Any, list[int]] = {}
+    for i, (_, row) in enumerate(rows.iterrows()):
+        seeded = has_numbers(row) and seed_of(row) is not None
+        key = ((keys[i], str(row["model"]), str(row.get("scale")),
+                variants.get(row["stage_id"], "")) if seeded else ("alone", i))
+        units.setdefault(key, []).append(i)
+    return list(units.values())
+
+
+def _pairs(unit: pd.DataFrame, ref: pd.DataFrame
+           ) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """Seed-matched (row, reference) stage ids and run directories."""
+    by_seed = {seed_of(r): (str(r["stage_id"]), str(r["run_dir"])) for _, r in ref.iterrows()}
+    return [((str(r["stage_id"]), str(r["run_dir"])), by_seed[seed_of(r)])
+            for _, r in unit.iterrows() if seed_of(r) in by_seed]
+
+
+def _comparison_cells(rows: pd.DataFrame, units: Sequence[list[int]],
+                      keys: Sequence[SectionKey], variants: Mapping[str, str],
+                      reference: Reference) -> tuple[dict[int, str], dict[int, dict[str, Any]]]:
+    """Per unit (by its first position), the paired-difference cell against its section's
+    reference unit, and its csv fields."""
+    ref_units = {}
+    for unit in units:
+        row = rows.iloc[unit[0]]
+        if has_numbers(row) and reference.matches(str(row["model"]),
+                                                  variants.get(row["stage_id"], "")):
+            ref_units.setdefault(keys[unit[0]], unit)
+    cells: dict[int, str] = {}
+    fields: dict[int, dict[str, Any]] = {}
+    for unit in units:
+        first, ref = unit[0], ref_units.get(keys[unit[0]])
+        if not has_numbers(rows.iloc[first]):
+            continue
+        if ref is None:
+            cells[first] = f"no reference row ({reference.describe()}) in this section"
+            continue
+        if ref is unit:
+            cells[first] = "reference"
+            continue
+        pairs = _pairs(rows.iloc[unit], rows.iloc[ref])
+        if not pairs:
+            cells[first] = "not compared: no seed in common with the reference"
+            continue
+        summary = paired_seeds(pairs)
+        cells[first] = paired_text(summary)
+        fields[first] = {"vs_reference": " ".join(p[1][0] for p in pairs)}
+        for m in TABLE_METRICS:
+            for part, value in (summary.get(m) or {}).items():
+                fields[first][f"vs_ref_{m}_{part}"] = value
+    return cells, fields
 
 
 def not_run_command(grid: Mapping[str, Any]) -> str:
@@ -183,12 +285,18 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
     paper_datasets = frozenset(str(d) for d in paper["dataset"] if d)
     labels = {str(r["stage_id"]): str(r["label"]) for _, r in df.iterrows()
               if "label" in df.columns and not missing(r.get("label"))}
-    variants = distinguishing_overrides(rows)
+    # Seeds of one experiment are one row, so a seed is no variant.
+    variants = {k: without_seed(v) for k, v in distinguishing_overrides(rows).items()}
     show_variant = any(variants.values())
     keys = _section_keys(rows, published)
+    units = seed_units(rows, keys, variants)
+    reference = read_reference(grid)
+    compared, compared_fields = (_comparison_cells(rows, units, keys, variants, reference)
+                                 if reference is not None else ({}, {}))
     # Harness rows grouped by scale within a section (first-seen order), Δ after its row.
     scales = list(dict.fromkeys(str(s) for s in rows["scale"]))
-    order = sorted(range(len(rows)), key=lambda i: scales.index(str(rows["scale"].iloc[i])))
+    order = sorted(units, key=lambda u: scales.index(str(rows["scale"].iloc[u[0]])))
+    comparison_of: dict[int, str] = {}  # id of a displayed row -> its paired-difference cell
     sections: dict[SectionKey, Section] = {}
     data: list[dict[str, Any]] = []
     for key in dict.fromkeys([*published, *keys]):
@@ -210,21 +318,24 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
         if members.empty:
             section.rows.append(_not_run_cells(key[0], grid, show_variant))
             data.append(_record("harness", "", key, status=f"not run: {not_run_command(grid)}"))
-    for i in order:
+    for unit in order:
+        i = unit[0]
         key, row = keys[i], rows.iloc[i]
         variant = variants[row["stage_id"]] if show_variant else None
-        sections[key].rows.append(_harness_cells(row, variant, labels))
-        metrics = {m: row.get(f"metric.{m}") for m in METRICS} if has_numbers(row) else {}
+        cells, metrics = _harness_cells(rows.iloc[unit], variant, labels)
+        sections[key].rows.append(cells)
+        comparison_of[id(cells)] = compared.get(i, "")
         data.append(_record(
             "harness", str(row["model"]), key, variant=variant, scale=row.get("scale"),
             regime=row.get("regime"), split=row.get("split"),
             n_images=row.get("protocol.n_images"), n_texts=row.get("protocol.n_texts"),
-            stage_id=row["stage_id"], status=status_text(row),
+            stage_id=cells[-1], status=cells[-2],
             chance_i2t_R1=row.get("chance.i2t_R@1"), chance_t2i_R1=row.get("chance.t2i_R@1"),
-            **metrics))
+            **metrics, **compared_fields.get(i, {})))
         prow = index.get((PAPER_MODEL.get(str(row["model"]), ""), key[0], *(key[1] or ("", ""))))
         # A smoke-scale model is a pipeline check: a delta to a published number means nothing.
-        if prow is None or not has_numbers(row) or row.get("scale") == "smoke":
+        # Several seeds: their mean has no one run to join a published row with.
+        if prow is None or not has_numbers(row) or row.get("scale") == "smoke" or len(unit) > 1:
             continue
         delta = _delta(row, prow)
         sections[key].rows.append(
@@ -252,6 +363,14 @@ def retrieval_table(df: pd.DataFrame, grid: Mapping[str, Any], paper: pd.DataFra
     if show_variant:
         notes.append("Variant = the overrides (of the stage or its training parents) that "
                      "differ from the other rows.")
+    notes += _stat_notes(rows, units, reference)
+    if reference is not None:
+        # The paired-difference column sits before Status; rows without one get it empty.
+        at = columns.index("Status")
+        columns.insert(at, "Paired Δ vs reference")
+        for section in sections.values():
+            for cells in section.rows:
+                cells.insert(at, comparison_of.get(id(cells), ""))
     return Table(stem=f"{name}_retrieval",
                  title=f"{name}: cross-modal retrieval — {grid.get('claim', '')}".rstrip(" —"),
                  columns=columns, sections=list(sections.values()), notes=notes,
@@ -266,6 +385,30 @@ CSV_ORDER = ("source", "section_dataset", "paper_split", "paper_protocol", "mode
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
     first = [c for c in CSV_ORDER if c in frame.columns]
     return frame[[*first, *(c for c in frame.columns if c not in first)]]
+
+
+def _stat_notes(rows: pd.DataFrame, units: Sequence[list[int]],
+                reference: Reference | None) -> list[str]:
+    """What the intervals, the seed aggregates and the paired marks mean, when shown."""
+    notes = []
+    found = [iv for _, r in rows.iterrows() if (iv := row_intervals(r)) is not None]
+    for level, samples in dict.fromkeys((iv.level, iv.samples) for iv in found):
+        notes.append(f"[low, high] after a harness number: its {level:.0%} percentile "
+                     f"bootstrap interval ({samples} resamples of the test queries: images "
+                     "for i2t, captions for t2i; RSUM from both), from the run record. It "
+                     "covers the choice of queries only, not training (seeds, machines).")
+    if any(len(u) > 1 for u in units):
+        notes.append("mean ± std: over the training seeds of one experiment (sample std; n "
+                     "in Status); its [low, high] is the mean of the seeds' per-query "
+                     "intervals. Each seed's stage is a row of collected.csv.")
+    if reference is not None:
+        notes.append(f"Paired Δ vs reference = row − reference, where the reference is "
+                     f"{reference.describe()} in the same section (same split and protocol; "
+                     "grid key `reference`); paired bootstrap over the same resampled queries "
+                     "for both runs, seed matched with seed, [low, high] its 95% interval. "
+                     "* = the interval excludes 0 (with n seeds: every seed's does); "
+                     "within noise = none of RSUM, i2t R@1, t2i R@1 excludes 0.")
+    return notes
 
 
 def _chance_notes(rows: pd.DataFrame) -> list[str]:
