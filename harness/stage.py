@@ -261,14 +261,15 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     device = torch.device(cfg.task.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).eval()
     transform, workers = _transform(cfg, train=False), int(cfg.task.num_workers)
-    per_query: dict[str, Any] = {}
+    ranks: dict[str, torch.Tensor] = {}  # per-query rank of the first positive, per direction
     extra: dict[str, Any] = {}
     if is_cross_encoder(model):
         given = (None if first is None else
                  (*_first_stage_embeddings(first, cfg, run_root, corpus, device), first.name))
         metrics, protocol, timings = evaluate_cross(model, corpus, transform, tokenizer,
                                                     task=to_plain(cfg.task), device=device,
-                                                    num_workers=workers, first_stage=given)
+                                                    num_workers=workers, first_stage=given,
+                                                    ranks_out=ranks)
         if "first_stage_metrics" in protocol:  # the first stage's recall beside the re-ranked
             extra["first_stage_metrics"] = protocol.pop("first_stage_metrics")
     elif first is not None:
@@ -277,15 +278,14 @@ def eval_task(cfg: DictConfig, run_dir: Path, run_root: Path) -> dict[str, Any]:
     else:
         checkpoint = parent / "checkpoints" / "latest.pt"
         preprocessing = _preprocessing(cfg)
-        ranks: dict[str, torch.Tensor] = {}
         metrics, protocol, timings = evaluate_dual(
             model, corpus, transform, tokenizer, batch_size=int(cfg.task.batch_size),
             device=device, num_workers=workers,
             cache_dir=run_root / ".features" if cfg.task.get("cache_features", True) else None,
             cache_key=feature_key(checkpoint, cfg.data.name, cfg.task.split, preprocessing),
             ranks_out=ranks)
-        # Per-query ranks and bootstrap intervals: result.json's per_query and intervals.
-        per_query = record_per_query(run_dir, ranks, to_plain(cfg.task.get("bootstrap")))
+    # Per-query ranks and bootstrap intervals: result.json's per_query and intervals.
+    per_query = record_per_query(run_dir, ranks, to_plain(cfg.task.get("bootstrap")))
     return {"split": cfg.task.split, "metrics": metrics, **per_query,
             "protocol": {"dataset": cfg.data.name, "split": cfg.task.split,
                          "n_images": corpus.n_images, "n_texts": corpus.n_texts,

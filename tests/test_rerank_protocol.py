@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from harness.eval.first_stage import FirstStageError, resolve_first_stage
 from harness.eval.rerank import cross_encoder_retrieval
 from harness.eval.results import make_result, write_result
-from harness.eval.retrieval import retrieval_metrics
+from harness.eval.retrieval import metrics_from_ranks, retrieval_metrics
 from harness.interfaces import TokenFeatures
 from harness.launch.store import DONE_MARKER, FAILED_MARKER, mark, stage_status
 from harness.record import Lineage
@@ -221,3 +221,24 @@ def test_a_bad_first_stage_fails_the_eval_before_the_model_is_built(tmp_path, mo
     monkeypatch.setattr(stage, "_corpus", never)
     with pytest.raises(FirstStageError, match="eval-cookie-synthetic-deadbeef is missing"):
         stage.eval_task(cfg, tmp_path / "eval-x", tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["full", "topk"])
+def test_per_query_ranks_recompute_the_reported_recall(mode):
+    # The eval stage writes these ranks to ranks.npz (bootstrap intervals, paired comparisons):
+    # they must be the ranks the reported metrics came from, in both protocols.
+    g = torch.Generator().manual_seed(5)
+    first = torch.randn(N_IMG, N_IMG * CAPS, generator=g)
+    table = torch.randn(N_IMG, N_IMG * CAPS, generator=g)
+    ranks: dict[str, Tensor] = {}
+    kw = {"first_stage": first, "k_test": 4} if mode == "topk" else {}
+    metrics, _, _ = cross_encoder_retrieval(TableCrossEncoder(table), *_inputs(), TXT2IMG,
+                                            mode=mode, ks=(1, 3), device="cpu",
+                                            ranks_out=ranks, **kw)
+    assert ranks["i2t"].shape == (N_IMG,) and ranks["t2i"].shape == (N_IMG * CAPS,)
+    for direction in ("i2t", "t2i"):
+        for k in (1, 3):
+            recall = 100.0 * (ranks[direction] <= k).float().mean().item()
+            assert metrics[f"{direction}_R@{k}"] == pytest.approx(recall)
+    if mode == "full":
+        assert metrics == pytest.approx(metrics_from_ranks(ranks["i2t"], ranks["t2i"], (1, 3)))

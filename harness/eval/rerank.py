@@ -151,7 +151,7 @@ def _check_args(mode: str, fusion: str, ints: Mapping[str, object]) -> None:
 
 def _full(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: Tensor,
           ks: Sequence[int], score_kw: dict[str, Any], clock: dict[str, float]
-          ) -> tuple[dict[str, float], int]:
+          ) -> tuple[dict[str, float], int, tuple[Tensor, Tensor]]:
     n_img, n_txt = len(img), len(txt)
     img_idx = torch.arange(n_img).repeat_interleave(n_txt)  # row-major: scores view as a matrix
     txt_idx = torch.arange(n_txt).repeat(n_img)
@@ -160,13 +160,13 @@ def _full(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: 
     sync(score_kw["device"])
     clock["rank"] = time.perf_counter()
     ranks = retrieval_ranks(scores.view(n_img, n_txt).cpu(), txt2img)
-    return metrics_from_ranks(*ranks, ks), n_img * n_txt
+    return metrics_from_ranks(*ranks, ks), n_img * n_txt, ranks
 
 
 def _topk(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: Tensor,
           sims: Tensor, *, k_test: int, fusion: str, ks: Sequence[int],
           budget: Callable[[int], None], score_kw: dict[str, Any], clock: dict[str, float]
-          ) -> tuple[dict[str, float], int, dict[str, float]]:
+          ) -> tuple[dict[str, float], int, dict[str, float], tuple[Tensor, Tensor]]:
     n_img, n_txt, dev = len(img), len(txt), sims.device
     first_ranks = retrieval_ranks(sims, txt2img)
     k_i2t, k_t2i = min(k_test, n_txt), min(k_test, n_img)
@@ -195,7 +195,8 @@ def _topk(model: CrossEncoder, img: TokenFeatures, txt: TokenFeatures, txt2img: 
     # The first stage's own recall, reported beside the re-ranked one: what re-ranking bought.
     first = metrics_from_ranks(first_ranks[0].cpu(), first_ranks[1].cpu(), ks)
     first_recall = {k: v for k, v in first.items() if "R@" in k}
-    return topk_metrics(i2t.cpu(), t2i.cpu(), ks, cutoffs), int(union.numel()), first_recall
+    i2t, t2i = i2t.cpu(), t2i.cpu()
+    return topk_metrics(i2t, t2i, ks, cutoffs), int(union.numel()), first_recall, (i2t, t2i)
 
 
 def cross_encoder_retrieval(
@@ -218,6 +219,7 @@ def cross_encoder_retrieval(
     max_pairs: int | None = DEFAULT_MAX_PAIRS,
     allow_over_budget: bool = False,
     log_every_s: float | None = 60.0,
+    ranks_out: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """Cross-encoder retrieval metrics: ``(metrics, protocol, efficiency)``.
 
@@ -226,7 +228,10 @@ def cross_encoder_retrieval(
     captions with ``tokenize``. ``first_stage`` (topk only): ``None``/``"self"`` for the
     model's own contrastive head (it must be a DualEncoder too), ``sims [n_images, n_texts]``,
     or ``(image_emb, text_emb)`` of another model, computed with that model's preprocessing.
-    ``batch_pairs`` defaults to :func:`default_batch_pairs` of the device.
+    ``batch_pairs`` defaults to :func:`default_batch_pairs` of the device. ``ranks_out``, when
+    given, receives each direction's per-query rank of the first positive (``i2t``, ``t2i``);
+    after top-k re-ranking a positive outside the candidates keeps its first-stage rank (> k),
+    so R@K for K <= k recomputes exactly from them.
     """
     dev = torch.device(device) if device is not None else _model_device(model)
     batch_pairs = default_batch_pairs(dev) if batch_pairs is None else batch_pairs
@@ -272,17 +277,19 @@ def cross_encoder_retrieval(
     score_kw = {"batch_pairs": batch_pairs, "device": dev, "log_every_s": log_every_s}
     if mode == "full":
         budget(n_img * n_txt)
-        metrics, pairs = _full(model, img_f, txt_f, txt2img, ks, score_kw, clock)
+        metrics, pairs, ranks = _full(model, img_f, txt_f, txt2img, ks, score_kw, clock)
         protocol = {"scoring": "full", "first_stage": None, "k_test": None, "rerank_k": None,
                     "fusion": "itm"}
     else:
         sims = _first_stage_sims(first_stage, (img_e, txt_e), (n_img, n_txt), dev)
-        metrics, pairs, first_recall = _topk(
+        metrics, pairs, first_recall, ranks = _topk(
             model, img_f, txt_f, txt2img, sims, k_test=k_test, fusion=fusion, ks=ks,
             budget=budget, score_kw=score_kw, clock=clock)
         protocol = {"scoring": "topk", "k_test": k_test, "rerank_k": k_test, "fusion": fusion,
                     "first_stage": first_stage_name or ("self:itc" if own else "given"),
                     "first_stage_metrics": first_recall}
+    if ranks_out is not None:
+        ranks_out.update(i2t=ranks[0], t2i=ranks[1])
     end = time.perf_counter()
     protocol.update(precision="bf16" if dev.type == "cuda" else "fp32", pair_batch_size=batch_pairs)
     score_s = clock["rank"] - clock["score"]

@@ -57,7 +57,8 @@ def evaluate_dual(model: nn.Module, corpus: CaptionCorpus, transform: ImageTrans
 
 def evaluate_cross(model: nn.Module, corpus: CaptionCorpus, transform: ImageTransform,
                    tokenize: Tokenize, *, task: Mapping[str, Any], device: torch.device,
-                   num_workers: int, first_stage: tuple[Tensor, Tensor, str] | None = None
+                   num_workers: int, first_stage: tuple[Tensor, Tensor, str] | None = None,
+                   ranks_out: dict[str, Tensor] | None = None
                    ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """(metrics, protocol fields, timings) of a pair-scoring model; ``task.mode=auto`` scores
     every pair when that fits ``task.max_pairs`` and re-ranks the top ``k_test`` otherwise.
@@ -84,6 +85,6 @@ def evaluate_cross(model: nn.Module, corpus: CaptionCorpus, transform: ImageTran
         k_test=int(task["k_test"]), fusion=task["fusion"], tokenize=tokenize,
         batch_pairs=int(task["batch_pairs"]), feature_batch_size=batch, device=device,
         max_pairs=int(task["max_pairs"]), allow_over_budget=bool(task["allow_over_budget"]),
-        **given)
+        ranks_out=ranks_out, **given)
     protocol = {**protocol, "mode": mode}
     return metrics, protocol, timings
