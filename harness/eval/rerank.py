@@ -298,5 +298,5 @@ def cross_encoder_retrieval(
         "first_stage_s": round(clock["budget"] - clock["first_stage"], 4),
         "score_s": round(score_s, 4), "rank_s": round(end - clock["rank"], 4),
         "total_s": round(end - clock["start"], 4), "pairs_scored": pairs,
-        "pairs_per_s": round(pairs / max(score_s, 1e-9), 1), "device": str(dev)}
+        "pairs_per_s": round(pairs / max(score_s, 1e-9), 1)}  # the device: efficiency.device
     return metrics, protocol, efficiency
