@@ -56,7 +56,9 @@ TEXT, IMAGE = 0, 1  # modality-type embedding rows
 JOINT_KINDS = ("vit", "bert")
 # What the ITM head reads from the joint sequence ``[text; image]``: cls, the first (text
 # [CLS]) token (ViLT, UNITER); image_cls, the image's class token; mean, a masked mean.
-ITM_POOLS = ("cls", "image_cls", "mean")
+# product: element-wise product of the text part's and the image part's masked means (ViLBERT's
+# alignment head, Lu et al. 2019, sec. 3.2), a bilinear match term from the first step.
+ITM_POOLS = ("cls", "image_cls", "mean", "product")
 
 
 def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
@@ -322,6 +324,12 @@ class SingleStream(nn.Module):
             first_image = hidden.shape[1] - image_features.tokens.shape[1]
             return self.itm_head(self.pooler(hidden[:, first_image]))
         weights = mask.to(hidden.dtype)[..., None]
+        if self.itm_pool == "product":
+            first_image = hidden.shape[1] - image_features.tokens.shape[1]
+            text = (hidden[:, :first_image] * weights[:, :first_image]).sum(1)
+            text = text / weights[:, :first_image].sum(1).clamp_min(1.0)
+            image = hidden[:, first_image:].mean(1)
+            return self.itm_head(self.pooler(text * image))
         return self.itm_head(self.pooler((hidden * weights).sum(1) / weights.sum(1)))
 
     # ------------------------------------------------------------------------ training

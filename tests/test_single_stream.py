@@ -378,3 +378,20 @@ def test_fuse_at_must_leave_a_fusion_block():
         _fused(2, depth=2)
     with pytest.raises(ValueError, match="fuse_at=-1"):
         _fused(-1)
+
+
+def test_product_pooling_multiplies_the_text_and_image_means():
+    m = _fused(1, itm_pool="product")
+    seen = []
+    m.pooler.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    img = m.image_features(torch.randn(2, 3, 32, 32))
+    text = m.text_features(text_batch([3, 2], width=8))
+    a = m.score_pairs(img, text)
+    hidden, mask = m.joint(img, text)
+    n_text = hidden.shape[1] - img.tokens.shape[1]
+    w = mask[:, :n_text, None].float()
+    expected = (hidden[:, :n_text] * w).sum(1) / w.sum(1) * hidden[:, n_text:].mean(1)
+    torch.testing.assert_close(seen[0], expected)
+    # Padding stays out of the text mean.
+    torch.testing.assert_close(a, m.score_pairs(img, m.text_features(text_batch([3, 2], width=14))),
+                               rtol=1e-5, atol=1e-5)
