@@ -56,7 +56,9 @@ TEXT, IMAGE = 0, 1  # modality-type embedding rows
 JOINT_KINDS = ("vit", "bert")
 # What the ITM head reads from the joint sequence ``[text; image]``: cls, the first (text
 # [CLS]) token (ViLT, UNITER); image_cls, the image's class token; mean, a masked mean.
-ITM_POOLS = ("cls", "image_cls", "mean")
+# product: element-wise product of the text part's and the image part's masked means (ViLBERT's
+# alignment head, Lu et al. 2019, sec. 3.2), a bilinear match term from the first step.
+ITM_POOLS = ("cls", "image_cls", "mean", "product")
 
 
 def _load_vit(cfg: Mapping[str, Any]) -> nn.Module:
@@ -245,6 +247,13 @@ class SingleStream(nn.Module):
             raise ValueError(f"model.itm_score must be 'logit' or 'logprob', got {self.itm_score!r}")
         self.loss_weights = {"itm": 1.0, "mlm": 1.0, "itc": 1.0,
                              **dict(cfg.get("loss_weights") or {})}
+        # Align before fuse (ALBEF, Li et al. 2021, sec. 3): the first fuse_at blocks run on
+        # each modality alone, only the rest on the joint sequence, so the fusion blocks start
+        # from aligned features; 0 = every block reads both modalities (ViLT).
+        self.fuse_at = int(cfg["joint"].get("fuse_at", 0) or 0)
+        if not 0 <= self.fuse_at < len(self.blocks):
+            raise ValueError(f"model.joint.fuse_at={self.fuse_at} must be in [0, "
+                             f"{len(self.blocks)}): at least one block must fuse the modalities")
 
     # ------------------------------------------------------------- CrossEncoder contract
 
@@ -252,12 +261,13 @@ class SingleStream(nn.Module):
         """Patch (or grid) embeddings with position and image-type embeddings ``[N, T, D]``."""
         tokens = self.image_embed(images) + self.type_embed.weight[IMAGE]
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return TokenFeatures(tokens, mask)
+        return TokenFeatures(self.run_blocks(tokens, mask, 0, self.fuse_at), mask)
 
     def text_features(self, tokens: TextTokens) -> TokenFeatures:
         """Word embeddings with position and text-type embeddings ``[M, L, D]``."""
         x = self.text_embed(tokens["input_ids"]) + self.type_embed.weight[TEXT]
-        return TokenFeatures(x, tokens["attention_mask"].bool())
+        mask = tokens["attention_mask"].bool()
+        return TokenFeatures(self.run_blocks(x, mask, 0, self.fuse_at), mask)
 
     def score_pairs(self, image_features: TokenFeatures, text_features: TokenFeatures) -> Tensor:
         """ITM score ``[P]`` of aligned pairs: the positive logit, or its log-probability."""
@@ -268,19 +278,25 @@ class SingleStream(nn.Module):
 
     # ------------------------------------------------------------------- joint encoder
 
-    def encode_tokens(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """Run the transformer over ``tokens [P, T, D]``, attending only where ``mask``."""
+    def run_blocks(self, tokens: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
+        """Blocks ``start:stop`` over ``tokens [P, T, D]``, attending only where ``mask``."""
+        if start >= stop:
+            return tokens
         attn_mask = mask[:, None, None, :]  # broadcast over heads and queries
         if self.joint_kind == "bert":  # transformers' layers take an additive mask
             additive = torch.zeros(attn_mask.shape, dtype=tokens.dtype, device=tokens.device)
             additive = additive.masked_fill(~attn_mask, torch.finfo(tokens.dtype).min)
-            for layer in self.blocks:
+            for layer in self.blocks[start:stop]:
                 out = layer(tokens, attention_mask=additive)
                 tokens = out[0] if isinstance(out, tuple) else out
             return tokens
-        for block in self.blocks:
+        for block in self.blocks[start:stop]:
             tokens = block(tokens, attn_mask=attn_mask)
-        return self.norm(tokens)
+        return tokens
+
+    def encode_tokens(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """The fusion blocks (all of them when ``fuse_at`` is 0) and the final norm."""
+        return self.norm(self.run_blocks(tokens, mask, self.fuse_at, len(self.blocks)))
 
     def joint(self, image_features: TokenFeatures, text_features: TokenFeatures
               ) -> tuple[Tensor, Tensor]:
@@ -308,6 +324,12 @@ class SingleStream(nn.Module):
             first_image = hidden.shape[1] - image_features.tokens.shape[1]
             return self.itm_head(self.pooler(hidden[:, first_image]))
         weights = mask.to(hidden.dtype)[..., None]
+        if self.itm_pool == "product":
+            first_image = hidden.shape[1] - image_features.tokens.shape[1]
+            text = (hidden[:, :first_image] * weights[:, :first_image]).sum(1)
+            text = text / weights[:, :first_image].sum(1).clamp_min(1.0)
+            image = hidden[:, first_image:].mean(1)
+            return self.itm_head(self.pooler(text * image))
         return self.itm_head(self.pooler((hidden * weights).sum(1) / weights.sum(1)))
 
     # ------------------------------------------------------------------------ training
@@ -380,10 +402,11 @@ class SingleStreamITC(SingleStream):
     def pooled(self, features: TokenFeatures) -> Tensor:
         """One vector per item: first token after a unimodal pass, or masked mean embedding."""
         tokens = features.tokens
-        if self.itc_pool == "encoder":
+        if self.itc_pool == "encoder" and not self.fuse_at:
             # The joint transformer run on one modality alone (as VLMo does): N + M extra
             # forwards over short sequences, much stronger than a bag of embeddings.
             tokens = self.encode_tokens(tokens, features.mask)
+        # With fuse_at > 0 the features already went through the unimodal blocks.
         # A masked mean, not the first token: from scratch, a pre-LN stack leaves the [CLS]
         # output nearly the same for every caption, and ITC then collapses to uniform scores.
         weights = features.mask.to(tokens.dtype)[..., None]

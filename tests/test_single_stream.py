@@ -336,3 +336,62 @@ def test_itm_of_one_image_batch_scores_positives_only(monkeypatch):
     batch["image_ids"] = torch.zeros(4, dtype=torch.long)  # every caption is a true one
     pairs, labels = _itm_pairs(m, batch, monkeypatch)
     assert pairs == [(r, r) for r in range(4)] and labels == [1, 1, 1, 1]
+
+
+# ------------------------------------------------------------ align before fuse (fuse_at)
+
+def _fused(fuse_at: int, depth: int = 2, **over: object) -> SingleStream:
+    torch.manual_seed(0)
+    joint = tiny_cfg()["joint"]
+    cfg = tiny_cfg(joint={**joint, "fuse_at": fuse_at,
+                          "kwargs": {**joint["kwargs"], "depth": depth}}, **over)
+    return build_single_stream(cfg, vocab_size=VOCAB).eval()
+
+
+def test_unimodal_blocks_see_one_modality_and_fusion_blocks_both():
+    m = _fused(1)
+    images = torch.randn(2, 3, 32, 32)
+    img = m.image_features(images)
+    texts = text_batch([3, 2], width=8)
+    # The cached features already went through block 0, alone per modality.
+    raw = m.image_embed(images) + m.type_embed.weight[1]
+    torch.testing.assert_close(img.tokens, m.blocks[0](raw))
+    a = m.score_pairs(img, m.text_features(texts))
+    b = m.score_pairs(m.image_features(images.flip(0)), m.text_features(texts))
+    assert not torch.allclose(a, b)  # the fusion block still lets the image reach the score
+    # Padding a caption further changes neither modality's unimodal pass nor the score.
+    torch.testing.assert_close(a, m.score_pairs(img, m.text_features(text_batch([3, 2], width=14))),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_itc_reads_the_unimodal_blocks_without_a_second_pass():
+    m = _fused(1, contrastive_head=True)
+    calls = []
+    m.blocks[1].register_forward_hook(lambda *_: calls.append(1))
+    m.encode_image(torch.randn(2, 3, 32, 32))
+    m.encode_text(text_batch([2, 3]))
+    assert not calls  # only the unimodal block ran: ITC aligns what the fusion blocks read
+
+
+def test_fuse_at_must_leave_a_fusion_block():
+    with pytest.raises(ValueError, match="fuse_at=2 must be in"):
+        _fused(2, depth=2)
+    with pytest.raises(ValueError, match="fuse_at=-1"):
+        _fused(-1)
+
+
+def test_product_pooling_multiplies_the_text_and_image_means():
+    m = _fused(1, itm_pool="product")
+    seen = []
+    m.pooler.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    img = m.image_features(torch.randn(2, 3, 32, 32))
+    text = m.text_features(text_batch([3, 2], width=8))
+    a = m.score_pairs(img, text)
+    hidden, mask = m.joint(img, text)
+    n_text = hidden.shape[1] - img.tokens.shape[1]
+    w = mask[:, :n_text, None].float()
+    expected = (hidden[:, :n_text] * w).sum(1) / w.sum(1) * hidden[:, n_text:].mean(1)
+    torch.testing.assert_close(seen[0], expected)
+    # Padding stays out of the text mean.
+    torch.testing.assert_close(a, m.score_pairs(img, m.text_features(text_batch([3, 2], width=14))),
+                               rtol=1e-5, atol=1e-5)
