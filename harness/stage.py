@@ -201,11 +201,20 @@ def _first_stage(cfg: DictConfig, run_root: Path) -> Any:
         return None
     defaults: dict[str, Any] = {}
 
-    def is_default(run: Path) -> bool:  # the model's own config at this scale, no ablation
+    def training(stage_cfg: DictConfig) -> list[tuple[str, str]]:
+        return [(a.task, a.dataset) for a in lineage(stage_cfg, run_root, None, ()).parents]
+
+    def is_default(run: Path) -> bool:
+        """The model's own config at this scale (no ablation), trained like this evaluation's
+        model (same training tasks on the same datasets), so the pairing is like for like and
+        does not depend on which other grids have run."""
         if "model" not in defaults:
             defaults["model"] = to_plain(compose([f"model={name}", f"data={cfg.data.name}",
                                                   f"scale={cfg.scale.name}"]).model)
-        return to_plain(OmegaConf.load(run / "resolved.yaml").model) == defaults["model"]
+            defaults["training"] = training(cfg)
+        resolved = OmegaConf.load(run / "resolved.yaml")
+        return (to_plain(resolved.model) == defaults["model"]
+                and training(resolved) == defaults["training"])
 
     return resolve_first_stage(str(name), run_root, dataset=cfg.data.name,
                                split=str(cfg.task.split), k_test=int(cfg.task.k_test),
