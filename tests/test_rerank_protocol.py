@@ -242,3 +242,36 @@ def test_per_query_ranks_recompute_the_reported_recall(mode):
             assert metrics[f"{direction}_R@{k}"] == pytest.approx(recall)
     if mode == "full":
         assert metrics == pytest.approx(metrics_from_ranks(ranks["i2t"], ranks["t2i"], (1, 3)))
+
+
+def test_a_model_name_means_its_default_eval_trained_like_the_reranker(tmp_path):
+    # table2 re-ranks COOKIE's candidates; the ablations grid also leaves a default-config
+    # COOKIE eval, fine-tuned without pretraining. The name must pick the one trained like the
+    # re-ranker (pretrain -> finetune), whichever grid ran first, not refuse as ambiguous.
+    from harness.config import compose
+    from harness.stage import _first_stage
+
+    def stage(name: str, overrides: list[str], init_from: str | None = None) -> None:
+        cfg = compose([*overrides, f"task.init_from={init_from}" if init_from else
+                       "task.init_from=null"])
+        (tmp_path / name).mkdir()
+        OmegaConf.save(cfg, tmp_path / name / "resolved.yaml", resolve=True)
+
+    stage("pretrain-cookie-synthetic-p0", ["task=pretrain", "model=cookie"])
+    stage("finetune-cookie-synthetic-f0", ["task=finetune", "model=cookie"],
+          "pretrain-cookie-synthetic-p0")
+    stage("finetune-cookie-synthetic-f1", ["task=finetune", "model=cookie"])  # no pretraining
+    for name, parent in (("eval-cookie-synthetic-aaaa1111", "finetune-cookie-synthetic-f0"),
+                         ("eval-cookie-synthetic-bbbb2222", "finetune-cookie-synthetic-f1")):
+        run = _eval_run(tmp_path, name, model="cookie")
+        cfg = compose(["task=eval", "model=cookie", f"task.init_from={parent}"])
+        OmegaConf.save(cfg, run / "resolved.yaml", resolve=True)
+    stage("pretrain-single_stream-synthetic-p0", ["task=pretrain", "model=single_stream"])
+    stage("finetune-single_stream-synthetic-f0", ["task=finetune", "model=single_stream"],
+          "pretrain-single_stream-synthetic-p0")
+    reranker = compose(["task=eval", "model=single_stream", "+task.first_stage=cookie",
+                        "task.init_from=finetune-single_stream-synthetic-f0"])
+    assert _first_stage(reranker, tmp_path).name == "eval-cookie-synthetic-aaaa1111"
+    without_pretraining = compose(["task=eval", "model=single_stream", "+task.first_stage=cookie",
+                                   "task.init_from=finetune-cookie-synthetic-f1"])
+    assert _first_stage(without_pretraining, tmp_path).name == "eval-cookie-synthetic-bbbb2222"
