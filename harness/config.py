@@ -9,15 +9,8 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness.registry import MODELS, UnknownNameError
-from harness.resources import ResourceNotFoundError, locate
-
-CONFIG_ENV = "HARNESS_CONFIG_DIR"
-
-
-def find_config_dir() -> Path:
-    """``$HARNESS_CONFIG_DIR``, the checkout's ``configs/`` or the installed package's copy."""
-    return locate("config tree", "configs", "configs", env_var=CONFIG_ENV)
-
+from harness.resources import CONFIG_ENV, ResourceNotFoundError  # noqa: F401  (re-exported)
+from harness.resources import config_tree as find_config_dir
 
 try:
     CONFIG_DIR: Path | None = find_config_dir()

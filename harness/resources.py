@@ -68,3 +68,12 @@ def locate(what: str, checkout_rel: str, data_name: str,
         return data
     looked.append(f"{PACKAGE_ROOT / DATA_PACKAGE_DIR / data_name} (package data)")
     raise ResourceNotFoundError(f"{what} not found; looked in: {', '.join(looked)}")
+
+
+#: Environment variable naming a user's own config tree (used instead of the shipped one).
+CONFIG_ENV = "HARNESS_CONFIG_DIR"
+
+
+def config_tree() -> Path:
+    """``$HARNESS_CONFIG_DIR``, the checkout's ``configs/`` or the installed package's copy."""
+    return locate("config tree", "configs", "configs", env_var=CONFIG_ENV)

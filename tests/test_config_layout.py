@@ -56,3 +56,26 @@ def test_training_tasks_share_the_base_and_it_is_no_task() -> None:
     assert "base" not in group_choices("task")
     with pytest.raises(UnknownNameError, match="unknown task 'base/train'"):
         compose(["task=base/train"])
+
+
+def test_a_model_is_registered_by_its_config_alone(tree: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Adding a model is one Python file and one config: the config's `factory` registers it,
+    # from the shipped tree or a user's own ($HARNESS_CONFIG_DIR), with no registry edit.
+    from baselines.clip import build_clip
+    from harness.registry import Registry, model_factories
+    from harness.resources import CONFIG_ENV
+
+    monkeypatch.setenv(CONFIG_ENV, str(tree))
+    models = Registry("model", discover=model_factories)
+    assert models.names() == ["clip", "cookie", "single_stream", "toy"]
+    assert models.get("toy") is build_clip
+    (tree / "model" / "broken.yaml").write_text("name: broken\nembed_dim: 8\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: a model config needs `name` and "
+                                         r"`factory: module:attr`"):
+        Registry("model", discover=model_factories).names()
+
+
+def test_the_shipped_models_come_from_their_configs() -> None:
+    assert MODELS.names() == sorted(
+        yaml.safe_load(p.read_text())["name"] for p in (REPO / "configs" / "model").glob("*.yaml"))

@@ -36,6 +36,7 @@ NON_IDENTITY_KEYS: tuple[str, ...] = (
     # Intervals are recomputed from the stored per-query ranks; they do not change the ranks.
     "task.bootstrap",
     "model.params_m",  # a claimed size that tests check, not an input to the stage
+    "model.factory",   # where the code lives (module:attr), like any code: not in the identity
 )
 
 
