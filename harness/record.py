@@ -123,7 +123,7 @@ class Lineage:
 
 @dataclass(frozen=True)
 class Intervals:
-    """Bootstrap confidence intervals of the metrics (optional; added by the stats work)."""
+    """Bootstrap confidence intervals of the metrics (optional)."""
 
     bounds: dict[str, tuple[float, float]]  # metric name -> (low, high), same unit as metrics
     samples: int                              # bootstrap resamples
@@ -163,10 +163,6 @@ class RunRecord:
         for key in ("intervals", "per_query", "lineage", "first_stage_metrics"):
             if out[key] is None:
                 out.pop(key)
-        if self.intervals is not None:
-            out["intervals"] = {"bounds": {k: list(v) for k, v in self.intervals.bounds.items()},
-                                "samples": self.intervals.samples, "seed": self.intervals.seed,
-                                "level": self.intervals.level}
         # As JSON holds it (tuples become lists), so the reader checks what is written.
         return json.loads(json.dumps({**extra, **out}, default=str))
 
