@@ -133,16 +133,20 @@ class ImageTower(nn.Module):
         )
         if weights is not None:
             load_timm_weights(self.backbone, weights, what)
+        # Channels-last convolutions run about a quarter faster on CPU (oneDNN) and on GPU
+        # tensor cores; the values are the same up to summation order.
+        self.backbone.to(memory_format=torch.channels_last)
         self.width: int = int(self.backbone.num_features)
         self.data_config = timm.data.resolve_data_config({}, model=self.backbone)
 
     def forward(self, images: Tensor) -> Tensor:
         """Pooled image features ``[N, C]``."""
-        return self.backbone(images)
+        return self.backbone(images.contiguous(memory_format=torch.channels_last))
 
     def tokens(self, images: Tensor) -> Tensor:
         """Token features ``[N, T, C]``: ViT tokens as they are, CNN grids flattened."""
-        features = self.backbone.forward_features(images)
+        features = self.backbone.forward_features(
+            images.contiguous(memory_format=torch.channels_last))
         if features.ndim == 4:  # CNN: [N, C, H, W] grid -> H*W tokens
             features = features.flatten(2).transpose(1, 2)
         return features
