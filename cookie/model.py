@@ -28,6 +28,9 @@ from harness.models.contrastive import gather_features
 from harness.models.towers import ImageTower, TextTower
 
 TT_VIEWS = ("auto", "caption", "dropout", "mask")
+# shared_width: linear + LayerNorm into the shared width, then linear to the joint space (the
+# model); clip: one bias-free linear from the pooled tower features (a control, wst.layers=0).
+PROJECTIONS = ("shared_width", "clip")
 IMAGE, TEXT = 0, 1
 
 
@@ -40,10 +43,23 @@ class CookieEncoder(nn.Module):
         self.text_tower = TextTower(cfg["text_tower"], vocab_size)
         wst = dict(cfg["wst"])
         width, dim = int(wst["width"]), int(cfg["embed_dim"])
-        # LayerNorm after the projection puts CNN grid features and BERT's (already
-        # normalised) outputs on one scale before the shared weights see them.
-        self.image_in = nn.Sequential(nn.Linear(self.image_tower.width, width), nn.LayerNorm(width))
-        self.text_in = nn.Sequential(nn.Linear(self.text_tower.width, width), nn.LayerNorm(width))
+        projection = str(cfg.get("projection", "shared_width"))
+        if projection not in PROJECTIONS:
+            raise ValueError(f"model.projection={projection!r}; valid: {', '.join(PROJECTIONS)}")
+        if projection == "clip" and int(wst["layers"]) > 0:
+            raise ValueError("model.projection=clip needs model.wst.layers=0: the shared "
+                             "transformer works at the shared width")
+        if projection == "clip":
+            # The controlled baseline (docs/ablations.md): CLIP's head, one bias-free linear
+            # map from the pooled tower features; nothing maps into a shared width.
+            self.image_in, self.text_in = nn.Identity(), nn.Identity()
+        else:
+            # LayerNorm after the projection puts CNN grid features and BERT's (already
+            # normalised) outputs on one scale before the shared weights see them.
+            self.image_in = nn.Sequential(nn.Linear(self.image_tower.width, width),
+                                          nn.LayerNorm(width))
+            self.text_in = nn.Sequential(nn.Linear(self.text_tower.width, width),
+                                         nn.LayerNorm(width))
         # The ablation removes the module, not just its call: no parameters, no graph nodes.
         self.wst = WeightSharingTransformer(wst) if int(wst["layers"]) > 0 else None
         pooling = dict(cfg["pooling"])
@@ -52,8 +68,12 @@ class CookieEncoder(nn.Module):
         if pooling["image"] == "cls" and prefix == 0:
             raise ValueError(f"model.pooling.image=cls needs a class token, but "
                              f"{cfg['image_tower']['name']} has none (a CNN grid): use mean or gpo")
-        self.image_out = nn.Linear(width, dim)
-        self.text_out = nn.Linear(width, dim)
+        if projection == "clip":
+            self.image_out = nn.Linear(self.image_tower.width, dim, bias=False)
+            self.text_out = nn.Linear(self.text_tower.width, dim, bias=False)
+        else:
+            self.image_out = nn.Linear(width, dim)
+            self.text_out = nn.Linear(width, dim)
 
     def _shared(self, tokens: Tensor, mask: Tensor, modality: int) -> Tensor:
         return tokens if self.wst is None else self.wst(tokens, mask, modality)
