@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import nox
@@ -77,14 +78,23 @@ def reproduce(session: nox.Session) -> None:
         # Independent stages two at a time, each on its share of the cores: tiny models use
         # two processes of one thread better than one process of two threads.
         overrides.append(f"cluster.workers={REPRODUCE_WORKERS}")
-    failed = []
+    failed, seconds = [], {}
     for grid in grids:
+        started = time.perf_counter()
         try:
             session.run(python, "-m", "harness.run", f"grid={grid}", *overrides, external=True)
         except nox.command.CommandFailed:
             failed.append(grid)  # the report still shows which stages failed, never filled in
+        seconds[grid] = time.perf_counter() - started
     # The report reads the grids' manifests and run records: it needs none of the overrides.
+    started = time.perf_counter()
     session.run(python, "-m", "harness.report", "--grids", *grids, external=True)
+    seconds["report"] = time.perf_counter() - started
+    # Where the minutes went: per grid, per task, the longest stages (from the run records).
+    session.run(python, str(ROOT / "bench" / "profile_runs.py"), "--grids", *grids,
+                external=True)
+    session.log("wall time: " + ", ".join(f"{name} {int(s // 60)} min {s % 60:.0f} s"
+                                          for name, s in seconds.items()))
     if failed:
         session.error(f"grids with failed stages: {', '.join(failed)}")
 

@@ -153,6 +153,7 @@ class RunRecord:
     intervals: Intervals | None = None       # optional confidence intervals
     per_query: str | None = None             # optional per-query ranks file, relative path
     first_stage_metrics: dict[str, float] | None = None  # re-ranking: the first stage's recall
+    timing: dict[str, float] | None = None   # seconds: stage_s, process_age_at_start_s
     extra: dict[str, Any] = field(default_factory=dict)     # task-specific keys, kept as is
     schema_version: int = SCHEMA_VERSION
 
@@ -160,7 +161,7 @@ class RunRecord:
         """The record as written to ``result.json``."""
         out = asdict(self)
         extra = out.pop("extra")
-        for key in ("intervals", "per_query", "lineage", "first_stage_metrics"):
+        for key in ("intervals", "per_query", "lineage", "first_stage_metrics", "timing"):
             if out[key] is None:
                 out.pop(key)
         # As JSON holds it (tuples become lists), so the reader checks what is written.
@@ -201,6 +202,7 @@ def make_record(*, stage_id: str, grid: str | None, task: str, model: str, datas
     intervals = extra.pop("intervals", None)
     per_query = extra.pop("per_query", None)
     first_stage_metrics = extra.pop("first_stage_metrics", None)
+    timing = extra.pop("timing", None)
     record = RunRecord(
         stage_id=stage_id, grid=grid, task=task, model=model, dataset=dataset, split=split,
         scale=scale, protocol=full, metrics=dict(metrics or {}),  # type: ignore[arg-type]
@@ -210,7 +212,8 @@ def make_record(*, stage_id: str, grid: str | None, task: str, model: str, datas
         intervals=_intervals(intervals, "make_record") if intervals is not None else None,
         per_query=per_query,
         first_stage_metrics=(None if first_stage_metrics is None else
-                             _numbers(first_stage_metrics, "make_record", "first_stage_metrics")))
+                             _numbers(first_stage_metrics, "make_record", "first_stage_metrics")),
+        timing=None if timing is None else _numbers(timing, "make_record", "timing"))
     # What is written must read back: the writer checks with the reader's rules.
     return parse_record(record.to_json(), f"record of {stage_id}")
 
@@ -379,7 +382,7 @@ def parse_record(data: Any, where: str) -> RunRecord:
     if version >= 2 and "lineage" not in data:
         raise _fail(where, "lineage", "missing (required from schema_version 2)")
     known = {*_TOP, *_OPTIONAL_TEXT, "schema_version", "lineage", "chance", "intervals",
-             "per_query", "first_stage_metrics"}
+             "per_query", "first_stage_metrics", "timing"}
     return RunRecord(
         stage_id=data["stage_id"], grid=data["grid"], task=data["task"], model=data["model"],
         dataset=data["dataset"], split=data["split"], scale=data["scale"],
@@ -393,6 +396,8 @@ def parse_record(data: Any, where: str) -> RunRecord:
         per_query=_per_query(data["per_query"], where) if data.get("per_query") else None,
         first_stage_metrics=(_numbers(data["first_stage_metrics"], where, "first_stage_metrics")
                              if data.get("first_stage_metrics") is not None else None),
+        timing=(_numbers(data["timing"], where, "timing")
+                if data.get("timing") is not None else None),
         extra={k: v for k, v in data.items() if k not in known},
         schema_version=int(version))
 

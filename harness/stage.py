@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,7 +23,7 @@ from harness.eval.results import make_result, write_result
 from harness.eval.retrieval import record_per_query
 from harness.eval.run_eval import evaluate_cross, evaluate_dual
 from harness.interfaces import is_cross_encoder
-from harness.launch.lock import acquire, owner_identity
+from harness.launch.lock import acquire, owner_identity, process_age_s
 from harness.launch.provenance import environment
 from harness.launch.store import (
     DONE_MARKER,
@@ -406,9 +407,15 @@ def _run_owned(cfg: DictConfig, run_dir: Path, run_root: Path, *, grid: str | No
         atomic_write_json(run_dir / "env.json", env)
         mark(run_dir, RUNNING_MARKER, **owner_identity(job_id))
         print(f"[stage] {run_dir.name}: running {cfg.task.name}", flush=True)
+    # Where a grid's minutes go (bench/profile_runs.py): the stage's own body, and how long
+    # its process had run before it (start-up and imports when the stage has its own process,
+    # as under cluster.workers>1 or SLURM; earlier stages too when one process runs several).
+    started, before = time.perf_counter(), process_age_s()
     try:
         _prepare_data(cfg)
         out = TASKS[cfg.task.name](cfg, run_dir, run_root)
+        out["timing"] = {"stage_s": round(time.perf_counter() - started, 3),
+                         "process_age_at_start_s": None if before is None else round(before, 3)}
         if main:
             write_result(run_dir, make_result(
                 stage_id=run_dir.name, grid=grid, task=cfg.task.name, model=cfg.model.name,

@@ -82,6 +82,14 @@ def test_optional_stats_blocks_round_trip(tmp_path: Path) -> None:
     assert json.loads((run_dir / "result.json").read_text())["intervals"] == intervals
 
 
+def test_stage_timing_round_trips_and_is_absent_when_not_given(tmp_path: Path) -> None:
+    timing = {"stage_s": 12.5, "process_age_at_start_s": 3.25}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    back = read_record(_written(tmp_path / "a", timing=timing))
+    assert back.timing == timing and "timing" not in back.extra
+    assert "timing" not in json.loads((_written(tmp_path / "b") / "result.json").read_text())
+
+
 def test_a_version_1_record_is_read_without_lineage_and_collect_uses_its_config() -> None:
     run_dir = FIXTURE / "eval-cookie-coco-bbbb2222"
     record = read_record(run_dir)
@@ -143,6 +151,7 @@ BROKEN = [
      "low <= high"),
     ("intervals.level", _set("intervals", {"bounds": {}, "samples": 10, "seed": 0,
                                            "level": 95}), "coverage"),
+    ("timing.stage_s", _set("timing", {"stage_s": "slow"}), "expected a number"),
     ("per_query", _set("per_query", "/abs/ranks.npz"), "relative to the run directory"),
     ("per_query", _set("per_query", "../other/ranks.npz"), "relative to the run directory"),
     ("stage_id", _set("stage_id", "eval-cookie-coco-00000000"), "belongs to stage"),

@@ -33,6 +33,11 @@ def test_smoke_grid_end_to_end(tmp_path, capsys):
     assert metrics["i2t_R@1"] > 3 * chance["i2t_R@1"], metrics
     assert metrics["t2i_R@1"] > 3 * chance["t2i_R@1"], metrics
     assert (train_dir / "checkpoints" / "latest.pt").is_file()
+    # Each record says how long its stage took (bench/profile_runs.py adds them up); the
+    # training loop is part of its stage.
+    train = json.loads((train_dir / "result.json").read_text())
+    assert 0 < train["train"]["wall_s"] < train["timing"]["stage_s"]
+    assert result["timing"]["stage_s"] > 0 and result["timing"]["process_age_at_start_s"] > 0
     assert (train_dir / "tokenizer" / "vocab.txt").is_file()
     assert len(list((tmp_path / "runs" / ".features").glob("*.pt"))) == 1  # embeddings cached
     table = (tmp_path / "results" / "tables" / "smoke.md").read_text()

@@ -45,6 +45,16 @@ def process_start(pid: int) -> str | None:
     return fields[19]  # field 22 of proc(5), counted from field 3
 
 
+def process_age_s(pid: int | None = None) -> float | None:
+    """Seconds since ``pid`` (default: this process) started, or None where /proc cannot say."""
+    start = process_start(os.getpid() if pid is None else pid)
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(start) / os.sysconf("SC_CLK_TCK")) if start else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def owner_identity(job_id: str | None = None) -> dict[str, Any]:
     """This process as a lock owner: pid, host, start time, SLURM job id, wall time."""
     pid = os.getpid()
