@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from harness.data.synthetic import ensure_synthetic
-from harness.launch.executor import launchable, threads_per_worker
+from harness.launch.executor import launchable, stage_process_context, threads_per_worker
 from harness.run import main
 
 
@@ -43,6 +44,21 @@ def test_parallel_workers_and_debug_cluster_run_the_grid(tmp_path, capsys, clust
         for env in (tmp_path / "runs").glob("*/env.json"):
             threads = json.loads(env.read_text())["device"]["torch_threads"]
             assert threads == threads_per_worker(2)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork servers: Linux here")
+def test_stage_processes_start_with_the_harness_already_imported():
+    """Stage processes fork from a server that imported the stage runner (and torch) once,
+    instead of spending seconds on imports each; the server itself ran no torch code."""
+    context = stage_process_context()
+    assert context.get_start_method() == "forkserver"
+    probe = ("sorted(m for m in ('harness.stage', 'torch', 'timm', 'transformers') "
+             "if m in __import__('sys').modules)")
+    with context.Pool(1) as pool:
+        assert pool.apply(eval, (probe,)) == ["harness.stage", "timm", "torch", "transformers"]
+        # No intra-op work ran before the fork: the child still sets its own thread count.
+        assert pool.apply(eval, ("__import__('torch').set_num_threads(1) or "
+                                 "__import__('torch').get_num_threads()",)) == 1
 
 
 def test_threads_per_worker_splits_the_cpus():

@@ -8,6 +8,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from multiprocessing.connection import wait as connection_wait
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -19,6 +20,9 @@ from harness.launch.store import FAILED_MARKER, read_marker
 # Stages whose result includes timings (latency, protocol seconds): with parallel workers they
 # run alone, so no other stage shares the CPUs or the GPU while they measure.
 TIMED_TASKS = frozenset({"bench", "eval"})
+# What the stage processes' fork server imports once: the stage runner (and torch), and the
+# tower libraries it imports when it builds a model.
+STAGE_PRELOAD = ("harness.stage", "timm", "transformers")
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -72,6 +76,21 @@ def launchable(ready: Sequence[PlannedStage], running_tasks: Sequence[str]
     if untimed or running_tasks:
         return untimed  # timed stages wait until everything else has finished
     return [s for s in ready if s.task in TIMED_TASKS][:1]
+
+
+def stage_process_context() -> BaseContext:
+    """How stage processes start: forked from a server that has imported the harness.
+
+    A fresh interpreter spends about 8 s importing torch, timm and transformers before its
+    stage can start; the fork server imports them once and forks each stage process from
+    that state in milliseconds. It has run no torch code, so no thread pool is copied into
+    a fork (the reason plain fork is not used). Without fork servers (Windows): spawn.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(STAGE_PRELOAD))
+    return context
 
 
 def threads_per_worker(workers: int, cpus: int | None = None) -> int:
@@ -185,10 +204,10 @@ def _run_sequential(pending: list[PlannedStage], ready: Any, settle: Any, run_ro
 
 def _run_parallel(pending: list[PlannedStage], ready: Any, settle: Any, run_root: Path,
                   grid: str, workers: int) -> None:
-    # One spawned process per stage (fork would copy torch's thread pools): it exits when its
-    # stage ends, so stopping the grid is "SIGTERM each, wait for each" with nothing left
-    # behind; a pool's workers would outlive a stage that caught the SIGTERM.
-    context = multiprocessing.get_context("spawn")
+    # One process per stage: it exits when its stage ends, so stopping the grid is "SIGTERM
+    # each, wait for each" with nothing left behind; a pool's workers would outlive a stage
+    # that caught the SIGTERM.
+    context = stage_process_context()
     # Each process would otherwise start one thread per core: N workers x N threads on N
     # cores spin against each other and run several times slower than one stage alone.
     threads = threads_per_worker(workers)
