@@ -72,3 +72,32 @@ def test_eval_workers_fork_under_an_inherited_spawn_default(
                         device=torch.device("cpu"), num_workers=2)
     assert out[:, 0].tolist() == [1.0] * 4  # forked: the parent's state is there
     assert out[:, 1].tolist() == [1.0] * 4  # and worker_init_fn still ignores SIGTERM
+
+
+class ParentState(torch.utils.data.Dataset):
+    """Items saying whether their worker inherited the parent's state and ignores SIGTERM."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        return torch.tensor([float(PARENT_STATE), float(ignored)])
+
+
+@linux_only
+def test_training_workers_fork_under_an_inherited_spawn_default(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.train.sampling import build_loader
+
+    default = multiprocessing.context._default_context
+    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
+    loader = build_loader(ParentState(), torch.stack, batch_size=4, seed=0, start=0, rank=0,
+                          world_size=1, num_workers=2, pin_memory=False)
+    batches = iter(loader)
+    first, second = next(batches), next(batches)
+    del batches
+    assert torch.cat([first, second])[:, 0].tolist() == [1.0] * 8  # forked workers
+    assert torch.cat([first, second])[:, 1].tolist() == [1.0] * 8  # stop signals ignored

@@ -209,8 +209,9 @@ def _run_parallel(pending: list[PlannedStage], ready: Any, settle: Any, run_root
     # that caught the SIGTERM.
     context = stage_process_context()
     # Each process would otherwise start one thread per core: N workers x N threads on N
-    # cores spin against each other and run several times slower than one stage alone.
-    threads = threads_per_worker(workers)
+    # cores spin against each other and run several times slower than one stage alone. A
+    # timed stage runs alone (launchable), so it takes every core, as it would by itself.
+    shared, alone = threads_per_worker(workers), threads_per_worker(1)
     running: dict[Any, tuple[PlannedStage, Any, Any]] = {}  # sentinel -> stage, process, pipe
     try:
         while pending or running:
@@ -219,7 +220,8 @@ def _run_parallel(pending: list[PlannedStage], ready: Any, settle: Any, run_root
                 pending.remove(stage)
                 reader, writer = context.Pipe(duplex=False)
                 proc = context.Process(target=_stage_process, name=stage.run_dir.name,
-                                       args=(stage.overrides, str(run_root), grid, threads,
+                                       args=(stage.overrides, str(run_root), grid,
+                                             alone if stage.task in TIMED_TASKS else shared,
                                              writer))
                 proc.start()
                 writer.close()  # the child's copy is the only writer: EOF when it dies

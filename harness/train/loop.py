@@ -164,10 +164,7 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
                          "num_workers": workers, "complete": complete}, ckpt_path)
         barrier()
 
-    log = MetricsLog(run_dir / "metrics.jsonl",
-                     tensorboard_dir=run_dir / "tensorboard" if cfg.get("tensorboard", True)
-                     else None, total=total, start=step, progress=cfg.get("progress", "auto"),
-                     enabled=env.is_main)
+    log: MetricsLog | None = None
     losses: dict[str, Tensor] = {}
     final: dict[str, float] = {}
     log_every, ckpt_every = int(cfg["log_every"]), int(cfg["ckpt_every"])
@@ -180,6 +177,13 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
         try:
             with stop_signals_blocked():
                 batches = iter(loader)
+            # The metrics log starts TensorBoard's writer thread: only once the loader workers
+            # exist, so a forked worker cannot inherit a lock that thread holds.
+            log = MetricsLog(run_dir / "metrics.jsonl",
+                             tensorboard_dir=run_dir / "tensorboard"
+                             if cfg.get("tensorboard", True) else None, total=total,
+                             start=step, progress=cfg.get("progress", "auto"),
+                             enabled=env.is_main)
             while step < total:
                 t0 = time.perf_counter()
                 batch = _to_device(next(batches), device)
@@ -222,7 +226,8 @@ def train(model: nn.Module, dataset: Dataset, collate: Callable[[list], dict[str
             # The step cannot know the run directory: say here what a rerun would start from.
             raise NonFiniteLossError(f"{exc}; {checkpoint_note(ckpt_path)}") from exc
         finally:
-            log.close()
+            if log is not None:
+                log.close()
             batches = None  # shut worker processes down before the final save
     save(complete=True)
     return TrainSummary(steps=step, samples_seen=samples, wall_s=wall,

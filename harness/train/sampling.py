@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sized
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from harness.data.loaders import worker_context
 from harness.procs import ignore_stop_signals
 from harness.seeding import seeded
 
@@ -86,8 +87,11 @@ def build_loader(dataset: Dataset, collate: Callable[[list], Any], *, batch_size
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         # Workers leave SIGTERM/SIGUSR2/SIGINT to the main process, which checkpoints first.
+        # Forked where that is safe: inside a stage process of cluster.workers>1 the default
+        # start method would re-import torch and the harness in every worker.
         kwargs.update(prefetch_factor=prefetch_factor or 2, persistent_workers=False,
-                      worker_init_fn=ignore_stop_signals)
+                      worker_init_fn=ignore_stop_signals,
+                      multiprocessing_context=worker_context(num_workers))
     # The loader's own generator: creating its iterator must not consume the global torch
     # RNG, or a resumed run's dropout masks would be shifted by one draw.
     generator = torch.Generator().manual_seed(seed)
