@@ -12,10 +12,19 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness.analysis.cells import seed_of, status_text
-from harness.analysis.compare import paired_seeds
+from harness.analysis.compare import (
+    COLUMNS,
+    _summary,
+    compare_rows,
+    load_run,
+    paired_bootstrap,
+    paired_seeds,
+    paired_text,
+)
 from harness.eval.retrieval import record_per_query
 
 N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
@@ -94,8 +103,102 @@ def test_one_seed_pair_gives_its_paired_interval(tmp_path: Path) -> None:
 def test_a_seed_pair_that_cannot_be_compared_is_named_in_the_note(tmp_path: Path) -> None:
     ref = _run(tmp_path, "ref", 0)
     gone = tmp_path / "gone"  # a planned row whose run directory was never written
-    pairs = [(("a", _run(tmp_path, "a", 32)), ("ref", ref)), (("gone", str(gone)), ("ref", ref))]
+    also = tmp_path / "also-gone"
+    pairs = [(("a", _run(tmp_path, "a", 32)), ("ref", ref)), (("gone", str(gone)), ("ref", ref)),
+             (("also", str(also)), ("ref", ref)), (("gone", str(gone)), ("ref", ref))]
     out = paired_seeds(pairs, samples=200)
     assert out["i2t_R@1"]["n"] == 1
-    assert out["note"] == f"{gone}: no readable result.json " + \
-        f"([Errno 2] No such file or directory: '{gone / 'result.json'}')"
+    # Each reason once, in order, "; " between them.
+    assert out["note"] == "; ".join(
+        f"{d}: no readable result.json ([Errno 2] No such file or directory: "
+        f"'{d / 'result.json'}')" for d in (gone, also))
+
+
+def test_the_interval_is_the_central_level_share_of_the_resampled_differences() -> None:
+    drawn = np.arange(101.0)  # quantiles of 0..100 are the percentages themselves
+    out = _summary(3.0, drawn, level=0.9)
+    assert out["diff"] == 3.0 and (out["low"], out["high"]) == pytest.approx((5.0, 95.0))
+    assert _summary(3.0, drawn, level=0.5)["low"] == pytest.approx(25.0)
+
+
+def test_the_p_value_counts_the_observed_sample_once_on_either_side() -> None:
+    # 99 resampled differences all below 0: the smaller side holds only the observed one.
+    worse, better = np.full(64, 5), np.where(np.arange(64) < 32, 1, 5)
+    r1 = paired_bootstrap({"i2t": worse}, {"i2t": better}, samples=99)["i2t_R@1"]
+    assert r1["high"] < 0 and r1["p"] == 2 * 1 / 100
+    r1 = paired_bootstrap({"i2t": better}, {"i2t": worse}, samples=99)["i2t_R@1"]
+    assert r1["low"] > 0 and r1["p"] == 2 * 1 / 100
+
+
+def test_a_run_without_per_query_ranks_is_refused_saying_how_to_get_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text(json.dumps({"protocol": PROTOCOL}))
+    with pytest.raises(ValueError) as err:
+        load_run(tmp_path)
+    assert str(err.value) == (f"{tmp_path}: result.json has no per_query ranks (evaluated "
+                              "before per-query records existed, or not a retrieval eval): "
+                              "re-run its eval stage")
+
+
+def test_compare_rows_without_a_run_dir_column_names_the_columns_it_has() -> None:
+    with pytest.raises(ValueError) as err:
+        compare_rows(pd.DataFrame({"stage_id": ["a"], "model": ["clip"]}), "a")
+    assert str(err.value) == "compare_rows needs a 'run_dir' column; the table has stage_id, model"
+
+
+def test_compare_rows_passes_its_options_to_the_bootstrap(tmp_path: Path) -> None:
+    row = np.where(np.arange(N) % 3 == 0, 1, 5)  # spread out: intervals depend on the draws
+    ref = np.where(np.arange(N) % 5 == 0, 1, 5)
+    run, ref_run = tmp_path / "row", tmp_path / "ref"
+    for run_dir, ranks in ((run, row), (ref_run, ref)):
+        run_dir.mkdir()
+        record = {"protocol": PROTOCOL, **record_per_query(run_dir, {"i2t": ranks},
+                                                            {"samples": 0})}
+        (run_dir / "result.json").write_text(json.dumps(record))
+    df = pd.DataFrame({"stage_id": ["row", "ref"], "run_dir": [str(run), str(ref_run)]})
+    options = {"samples": 40, "seed": 11, "level": 0.5}
+    out = compare_rows(df, "ref", metrics=["i2t_R@1"], **options).iloc[0]
+    want = paired_bootstrap({"i2t": row}, {"i2t": ref}, names=("row", "ref"),
+                            **options)["i2t_R@1"]
+    assert (out["low"], out["high"], out["p"]) == (want["low"], want["high"], want["p"])
+
+
+def test_a_row_that_cannot_be_compared_gets_one_rsum_row_with_the_reason(
+        tmp_path: Path) -> None:
+    df = pd.DataFrame({"stage_id": ["ref", "gone"],
+                       "run_dir": [_run(tmp_path, "ref", 8), str(tmp_path / "gone")]})
+    out = compare_rows(df, "ref", samples=50)
+    assert out["metric"].tolist() == ["rsum"] and math.isnan(out["diff"].iloc[0])
+    assert out["note"].iloc[0].startswith(f"{tmp_path / 'gone'}: no readable result.json")
+
+
+def test_a_table_of_only_the_reference_gives_an_empty_frame_with_every_column(
+        tmp_path: Path) -> None:
+    df = pd.DataFrame({"stage_id": ["ref"], "run_dir": [_run(tmp_path, "ref", 8)]})
+    out = compare_rows(df, "ref")
+    assert out.empty and out.columns.tolist() == list(COLUMNS)
+
+
+ONE = {"diff": 1.234, "low": 0.5, "high": 2.0, "p": 0.01, "n": 1, "excluding": 1,
+       "significant": True}
+SEEDS = {"diff": -0.5, "low": math.nan, "high": math.nan, "p": math.nan, "n": 3,
+         "excluding": 1, "significant": False}
+
+
+def test_the_paired_cell_prints_each_difference_with_its_interval_or_seed_count() -> None:
+    summary = {"rsum": ONE, "t2i_R@1": SEEDS, "note": ""}
+    assert paired_text(summary) == ("RSUM +1.23 [+0.5, +2.0]*; "
+                                    "t2i R@1 -0.50 (n=3 seeds, 1/3 exclude 0)")
+
+
+def test_a_paired_cell_of_metrics_after_a_missing_one_lists_them_all() -> None:
+    # rsum needs both directions: a unimodal pair has only i2t_R@1 and t2i_R@1.
+    summary = {"i2t_R@1": SEEDS, "t2i_R@1": SEEDS, "note": ""}
+    assert paired_text(summary) == ("i2t R@1 -0.50 (n=3 seeds, 1/3 exclude 0); "
+                                    "t2i R@1 -0.50 (n=3 seeds, 1/3 exclude 0) — within noise")
+
+
+def test_an_uncompared_paired_cell_says_why() -> None:
+    assert paired_text({"note": "eval-x: no readable result.json"}) == (
+        "not compared: eval-x: no readable result.json")
+    assert paired_text({"note": ""}) == "not compared: no paired ranks"
