@@ -25,6 +25,7 @@ from harness.analysis.compare import (
     paired_seeds,
     paired_text,
 )
+from harness.analysis.tables import paper_sections
 from harness.eval.retrieval import record_per_query
 
 N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
@@ -202,3 +203,37 @@ def test_an_uncompared_paired_cell_says_why() -> None:
     assert paired_text({"note": "eval-x: no readable result.json"}) == (
         "not compared: eval-x: no readable result.json")
     assert paired_text({"note": ""}) == "not compared: no paired ranks"
+
+
+def test_a_query_ranked_in_one_run_only_is_left_out_of_the_comparison() -> None:
+    # Rank 0: the query had no positive in that run (a skipped unimodal query).
+    out = paired_bootstrap({"i2t": np.array([0, 1, 1, 5])}, {"i2t": np.array([2, 1, 5, 0])},
+                           samples=20)
+    assert out["i2t_R@1"]["diff"] == pytest.approx(100 * (2 - 1) / 2)
+
+
+def test_runs_without_a_query_ranked_in_both_are_refused_naming_both() -> None:
+    with pytest.raises(ValueError) as err:
+        paired_bootstrap({"t2i": np.array([0, 3])}, {"t2i": np.array([2, 0])},
+                         names=("eval-a", "eval-b"))
+    assert str(err.value) == "t2i: no query has a rank in both eval-a and eval-b"
+
+
+def test_runs_without_a_shared_direction_are_refused_listing_each_ones() -> None:
+    ones = np.ones(4, int)
+    with pytest.raises(ValueError) as err:
+        paired_bootstrap({"i2t": ones, "t2i": ones}, {"t2t": ones}, names=("eval-a", "eval-b"))
+    assert str(err.value) == "eval-a (i2t, t2i) and eval-b (t2t) share no ranked direction"
+    with pytest.raises(ValueError) as err:
+        paired_bootstrap({}, {"t2t": ones}, names=("eval-a", "eval-b"))
+    assert str(err.value) == "eval-a (nothing) and eval-b (t2t) share no ranked direction"
+
+
+def test_a_section_published_with_one_direction_only_is_still_a_section() -> None:
+    paper = pd.DataFrame({
+        "table": ["t1", "t1", "t1", "t2"], "dataset": ["coco", "coco", "flickr30k", "coco"],
+        "split": ["karpathy_test"] * 4,
+        "protocol": ["finetuned_5k", "finetuned_5k", "finetuned_1k", "zeroshot_5k"],
+        "direction": ["t2i", "i2t", "i2t", "i2t"]})
+    assert paper_sections(paper, "t1") == [("coco", ("karpathy_test", "finetuned_5k")),
+                                           ("flickr30k", ("karpathy_test", "finetuned_1k"))]
