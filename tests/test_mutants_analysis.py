@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from table_cells import markdown_rows
+from test_table_stats import GRID, TITLE, _ranks, _stage, _tables
+from test_table_stats import _run as _eval_run
 
 from harness.analysis.cells import seed_of, status_text
 from harness.analysis.compare import (
@@ -25,7 +28,16 @@ from harness.analysis.compare import (
     paired_seeds,
     paired_text,
 )
-from harness.analysis.tables import paper_sections
+from harness.analysis.tables import (
+    _harness_cells,
+    _not_run_cells,
+    _section_keys,
+    not_run_command,
+    paper_sections,
+    protocol_cell,
+    section_heading,
+    seed_units,
+)
 from harness.eval.retrieval import record_per_query
 
 N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
@@ -237,3 +249,126 @@ def test_a_section_published_with_one_direction_only_is_still_a_section() -> Non
         "direction": ["t2i", "i2t", "i2t", "i2t"]})
     assert paper_sections(paper, "t1") == [("coco", ("karpathy_test", "finetuned_5k")),
                                            ("flickr30k", ("karpathy_test", "finetuned_1k"))]
+
+
+GALLERY = {"protocol.n_images": 1000, "protocol.n_texts": 5000}
+
+
+def test_a_rerank_protocol_cell_names_k_and_the_first_stage_by_its_label() -> None:
+    row = {**GALLERY, "protocol.rerank_k": 16, "protocol.first_stage": "eval-clip-coco-1234"}
+    assert protocol_cell(row, {"eval-clip-coco-1234": "CLIP"}) == (
+        "1000 img / 5000 txt; top-16 rerank of CLIP")
+    assert protocol_cell(row, {"other": "x"}) == (
+        "1000 img / 5000 txt; top-16 rerank of eval-clip-coco-1234")
+    assert protocol_cell({**GALLERY, "protocol.rerank_k": 8}) == (
+        "1000 img / 5000 txt; top-8 rerank of its first stage")
+    assert protocol_cell(GALLERY) == "1000 img / 5000 txt"
+
+
+def test_a_harness_row_names_its_first_stage_by_the_label_the_table_uses() -> None:
+    unit = pd.DataFrame([{"model": "cross", "status": "pending", "stage_id": "eval-cross-1",
+                          "scale": "smoke", "regime": "finetuned", **GALLERY,
+                          "protocol.rerank_k": 4, "protocol.first_stage": "eval-clip-1"}])
+    cells, _ = _harness_cells(unit, None, {"eval-clip-1": "CLIP (first stage)"})
+    assert cells[4] == "1000 img / 5000 txt; top-4 rerank of CLIP (first stage)"
+
+
+def test_a_dataset_without_a_display_label_is_headed_by_its_name() -> None:
+    assert section_heading("cc3m", ("karpathy_test", "zeroshot_5k"), "test") == (
+        "cc3m — Karpathy test, 5K images (paper protocol zeroshot_5k)")
+    assert section_heading("coco", ("karpathy_test", "finetuned_1k"), "test") == (
+        "COCO — Karpathy test, 1K images (paper protocol finetuned_1k)")
+
+
+def test_a_section_without_results_says_when_published_rows_appear() -> None:
+    assert section_heading("coco", None, "test", has_results=False) == (
+        "coco — split test: no result yet, so no gallery to join on; published rows appear "
+        "once a run reports its protocol")
+
+
+def _rows(*specs: tuple[str, bool]) -> pd.DataFrame:
+    """Eval rows (dataset, done) of the Karpathy test split, 5,000 fine-tuned images."""
+    return pd.DataFrame([{"dataset": d, "split": "test", "regime": "finetuned",
+                          "protocol.n_images": 5000 if done else None,
+                          "status": "done" if done else "pending", "has_result": done}
+                         for d, done in specs])
+
+
+def test_a_row_without_a_result_joins_the_section_of_its_datasets_done_row() -> None:
+    keys = _section_keys(_rows(("coco", True), ("coco", False), ("flickr30k", False)))
+    joined = ("coco", ("karpathy_test", "finetuned_5k"))
+    assert keys == [joined, joined, ("flickr30k", None)]
+
+
+def test_a_row_without_a_result_joins_its_datasets_only_published_section() -> None:
+    one = [("flickr30k", ("karpathy_test", "finetuned_1k"))]
+    two = [("coco", ("karpathy_test", "finetuned_5k")), ("coco", ("karpathy_test", "zeroshot_5k"))]
+    assert _section_keys(_rows(("flickr30k", False)), one) == one
+    assert _section_keys(_rows(("coco", False)), two) == [("coco", None)]
+
+
+def _units(*specs: tuple[str, str, str | None, bool]) -> list[list[int]]:
+    """seed_units of rows (model, scale, seed, done), all in one section, no variant."""
+    rows = pd.DataFrame([{"stage_id": f"s{i}", "model": m, "scale": sc,
+                          "overrides": f"seed={seed}" if seed is not None else "",
+                          "status": "done" if done else "pending", "has_result": done}
+                         for i, (m, sc, seed, done) in enumerate(specs)])
+    return seed_units(rows, [("coco", None)] * len(rows), {f"s{i}": "" for i in range(len(rows))})
+
+
+def test_seeds_of_one_model_and_scale_are_one_unit_and_other_rows_stay_alone() -> None:
+    assert _units(("clip", "smoke", "0", True), ("clip", "smoke", "1", True),
+                  ("clip", "paper", "0", True), ("clip", "smoke", "2", False),
+                  ("clip", "smoke", None, True), ("clip", "smoke", None, True)) == [
+        [0, 1], [2], [3], [4], [5]]
+
+
+def test_a_not_run_section_row_says_which_command_runs_it() -> None:
+    grid = {"name": "table2"}
+    assert not_run_command(grid) == "python -m harness.run grid=table2 scale=paper"
+    assert not_run_command({**grid, "paper_command": "bash scripts/t2.sh"}) == (
+        "bash scripts/t2.sh")
+    cells = _not_run_cells("coco", grid, variant=False)
+    assert cells[:5] == ["harness", "—", "—", "—", "—"] and cells[-1] == ""
+    assert cells[-2] == ("not run: no run on COCO yet; `python -m harness.run grid=table2 "
+                         "scale=paper` runs it (needs the real dataset)")
+    assert set(cells[5:-2]) == {""} and len(cells) == 5 + 7 + 2
+    assert len(_not_run_cells("cc3m", grid, variant=True)) == len(cells) + 1
+    assert "no run on cc3m yet" in _not_run_cells("cc3m", grid, variant=True)[-2]
+
+
+def _paired_cells(root: Path, runs: list[tuple[str, str, tuple[str, ...]]], reference: dict
+                  ) -> tuple[dict[str, str], pd.DataFrame]:
+    """The "Paired Δ vs reference" cell of each harness row (by its Run cell), and the csv."""
+    for i, (name, model, _) in enumerate(runs):
+        _eval_run(root, name, model, _ranks(i, 0.4))
+    stages = [_stage(name, model, *extra) for name, model, extra in runs]
+    md, csv, _ = _tables(root, stages, {**GRID, "reference": reference})
+    cells = {r["Run"]: r["Paired Δ vs reference"] for r in markdown_rows(md, TITLE)
+             if r["Source"] == "harness"}
+    return cells, csv
+
+
+def test_a_section_without_the_reference_model_says_so_in_the_paired_cell(
+        tmp_path: Path) -> None:
+    cells, _ = _paired_cells(tmp_path, [("eval-clip-synthetic-aaaaaaaa", "clip", ())],
+                             {"model": "cookie", "overrides": []})
+    assert cells == {"eval-clip-synthetic-aaaaaaaa":
+                     "no reference row (cookie (no variant override)) in this section"}
+
+
+def test_seeds_without_a_seed_in_common_with_the_reference_are_not_compared(
+        tmp_path: Path) -> None:
+    runs = [("eval-cookie-synthetic-00000000", "cookie", ("seed=0",)),
+            ("eval-clip-synthetic-00000001", "clip", ("seed=1",))]
+    cells, _ = _paired_cells(tmp_path, runs, {"model": "cookie", "overrides": []})
+    assert cells["eval-clip-synthetic-00000001"] == (
+        "not compared: no seed in common with the reference")
+
+
+def test_the_csv_names_the_reference_run_of_every_seed_pair(tmp_path: Path) -> None:
+    runs = [(f"eval-{m}-synthetic-{s:08d}", m, (f"seed={s}",)) for m in ("cookie", "clip")
+            for s in (0, 1)]
+    _, csv = _paired_cells(tmp_path, runs, {"model": "cookie", "overrides": []})
+    line = csv[csv["model"] == "clip"].iloc[0]
+    assert line["vs_reference"] == "eval-cookie-synthetic-00000000 eval-cookie-synthetic-00000001"
