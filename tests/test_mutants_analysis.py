@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from table_cells import markdown_rows
-from test_table_stats import GRID, TITLE, _ranks, _stage, _tables
+from test_table_stats import GRID, N_IMAGES, N_TEXTS, TITLE, _ranks, _stage, _tables
 from test_table_stats import _run as _eval_run
 
 from harness.analysis.cells import seed_of, status_text
@@ -39,6 +39,7 @@ from harness.analysis.tables import (
     seed_units,
 )
 from harness.eval.retrieval import record_per_query
+from harness.manifest import ManifestStage
 
 N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
 PROTOCOL = {"dataset": "synthetic", "split": "test", "n_images": N, "n_texts": N}
@@ -323,6 +324,14 @@ def test_seeds_of_one_model_and_scale_are_one_unit_and_other_rows_stay_alone() -
         [0, 1], [2], [3], [4], [5]]
 
 
+def test_seeds_of_two_variants_of_one_model_are_two_units() -> None:
+    rows = pd.DataFrame([{"stage_id": f"s{i}", "model": "cookie", "scale": "smoke",
+                          "overrides": f"seed={i % 2}", "status": "done", "has_result": True}
+                         for i in range(4)])
+    variants = {"s0": "", "s1": "", "s2": "model.wst.layers=0", "s3": "model.wst.layers=0"}
+    assert seed_units(rows, [("coco", None)] * 4, variants) == [[0, 1], [2, 3]]
+
+
 def test_a_not_run_section_row_says_which_command_runs_it() -> None:
     grid = {"name": "table2"}
     assert not_run_command(grid) == "python -m harness.run grid=table2 scale=paper"
@@ -372,3 +381,82 @@ def test_the_csv_names_the_reference_run_of_every_seed_pair(tmp_path: Path) -> N
     _, csv = _paired_cells(tmp_path, runs, {"model": "cookie", "overrides": []})
     line = csv[csv["model"] == "clip"].iloc[0]
     assert line["vs_reference"] == "eval-cookie-synthetic-00000000 eval-cookie-synthetic-00000001"
+
+
+def _write_tables(root: Path, runs: list[tuple[str, str, tuple[str, ...]]], grid: dict,
+                  missing: tuple[ManifestStage, ...] = ()) -> tuple[str, pd.DataFrame]:
+    """The Markdown and retrieval csv of a grid of done synthetic eval runs (and stages that
+    never ran)."""
+    for i, (name, model, _) in enumerate(runs):
+        _eval_run(root, name, model, _ranks(i, 0.4))
+    stages = [_stage(name, model, *extra) for name, model, extra in runs]
+    md, csv, _ = _tables(root, [*stages, *missing], grid)
+    return md, csv
+
+
+def test_the_retrieval_notes_explain_intervals_seeds_variants_and_paired_marks(
+        tmp_path: Path) -> None:
+    runs = [*((f"eval-cookie-synthetic-{s:08d}", "cookie", (f"seed={s}",)) for s in (0, 1)),
+            ("eval-clip-synthetic-aaaaaaaa", "clip", ("seed=0", "model.temperature=0.1"))]
+    md, _ = _write_tables(tmp_path, runs, {**GRID, "reference": {"model": "cookie"}})
+    notes = [line[2:] for line in md.splitlines() if line.startswith("- ")]
+    for note in (
+            "[low, high] after a harness number: its 95% percentile bootstrap interval (300 "
+            "resamples of the test queries: images for i2t, captions for t2i; RSUM from both), "
+            "from the run record. It covers the choice of queries only, not training (seeds, "
+            "machines).",
+            "mean ± std: over the training seeds of one experiment (sample std; n in Status); "
+            "its [low, high] is the mean of the seeds' per-query intervals. Each seed's stage "
+            "is a row of collected.csv.",
+            "Variant = the overrides (of the stage or its training parents) that differ from "
+            "the other rows.",
+            "Paired Δ vs reference = row − reference, where the reference is cookie (no "
+            "variant override) in the same section (same split and protocol; grid key "
+            "`reference`); paired bootstrap over the same resampled queries for both runs, "
+            "seed matched with seed, [low, high] its 95% interval. * = the interval excludes 0 "
+            "(with n seeds: every seed's does); within noise = none of RSUM, i2t R@1, t2i R@1 "
+            "excludes 0."):
+        assert note in notes
+
+
+def test_a_grid_without_a_claim_has_a_title_without_one(tmp_path: Path) -> None:
+    md, _ = _write_tables(tmp_path, [("eval-clip-synthetic-aaaaaaaa", "clip", ())],
+                          {"name": "tiny"})
+    assert md.startswith("## tiny: cross-modal retrieval\n")
+
+
+def test_a_rerank_row_names_its_first_stage_by_the_manifest_label(tmp_path: Path) -> None:
+    first, rerank = "eval-clip-synthetic-aaaaaaaa", "eval-cookie-synthetic-bbbbbbbb"
+    _write_tables(tmp_path, [(first, "clip", ()), (rerank, "cookie", ())], GRID)
+    result = tmp_path / rerank / "result.json"
+    record = json.loads(result.read_text())
+    record["protocol"].update(rerank_k=4, first_stage=first)
+    result.write_text(json.dumps(record))
+    md, _, _ = _tables(tmp_path, [_stage(first, "clip"), _stage(rerank, "cookie")], GRID)
+    row = next(r for r in markdown_rows(md, TITLE) if r["Run"] == rerank)
+    assert row["Protocol / gallery"] == (
+        f"{N_IMAGES} img / {N_TEXTS} txt; top-4 rerank of eval:clip:synthetic")
+
+
+def test_published_sections_a_grid_never_ran_get_a_not_run_row(tmp_path: Path) -> None:
+    never = ManifestStage("eval-cookie-coco-cccccccc", "eval:cookie:coco", "eval", "cookie",
+                          "coco", scale="paper", split="test",
+                          overrides=("task=eval", "model=cookie", "data=coco"))
+    md, csv = _write_tables(tmp_path, [("eval-clip-synthetic-aaaaaaaa", "clip", ())],
+                            {**GRID, "paper_table": "table2", "reference": {"model": "cookie"}},
+                            missing=(never,))
+    command = "python -m harness.run grid=tiny scale=paper"
+    rows = markdown_rows(md, TITLE)
+    not_run_rows = [r for r in rows if r["Status"].startswith("not run:")]
+    assert [r["Status"] for r in not_run_rows] == [
+        f"not run: no run on Flickr30K yet; `{command}` runs it (needs the real dataset)"]
+    # Rows that are no harness result (published, not run) have an empty paired cell.
+    assert {r["Paired Δ vs reference"] for r in rows if r["Source"] != "harness"} == {""}
+    assert any(r["Source"] == "paper" for r in rows)
+    not_run = csv[csv["status"] == f"not run: {command}"]
+    assert not_run[["section_dataset", "paper_protocol"]].values.tolist() == [
+        ["flickr30k", "finetuned_1k"]]
+    # A stage that never ran on COCO joins COCO's one published section, not a section of
+    # its own.
+    line = csv[csv["stage_id"] == never.stage_id].iloc[0]
+    assert (line["section_dataset"], line["paper_protocol"]) == ("coco", "finetuned_5k")
