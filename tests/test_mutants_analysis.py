@@ -1,8 +1,9 @@
 """Claims of the table cells and paired comparisons that the mutation runs found untested.
 
-Each test protects one claim of :mod:`harness.analysis.cells` or
-:mod:`harness.analysis.compare` that a surviving mutant showed no other test checked (see
-docs/testing.md, "Mutation testing").
+Each test protects one claim of :mod:`harness.analysis.cells`, ``compare``, ``tables`` or
+``cost_tables`` that a surviving mutant showed no other test checked (see docs/testing.md,
+"Mutation testing"). Collected frames are real run directories where the claim is about
+reading them, and hand-built frames with the columns ``collect`` writes otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,8 @@ from harness.analysis.compare import (
     paired_seeds,
     paired_text,
 )
+from harness.analysis.cost_tables import ZERO_FLOPS_NOTE, cost_table, ratio_table, unimodal_table
+from harness.analysis.paper import load_paper_numbers
 from harness.analysis.tables import (
     _harness_cells,
     _not_run_cells,
@@ -460,3 +464,98 @@ def test_published_sections_a_grid_never_ran_get_a_not_run_row(tmp_path: Path) -
     # its own.
     line = csv[csv["stage_id"] == never.stage_id].iloc[0]
     assert (line["section_dataset"], line["paper_protocol"]) == ("coco", "finetuned_5k")
+
+@pytest.fixture(scope="module")
+def paper() -> pd.DataFrame:
+    return load_paper_numbers()
+
+
+def _row(stage_id: str, model: str, overrides: str = "", **fields: Any) -> dict[str, Any]:
+    """A done eval row of the collected frame."""
+    return {"stage_id": stage_id, "task": "eval", "model": model, "scale": "smoke",
+            "dataset": "synthetic", "status": "done", "has_result": True,
+            "overrides": overrides, **fields}
+
+
+def _cost(protocol: str, mode: str, total_s: float, **fields: Any) -> dict[str, Any]:
+    """The cost.<protocol>.<mode>.* columns of one timed protocol."""
+    values = {"kind": "bench", "n_images": 1000, "n_texts": 5000, "index_s": 1.0,
+              "ranking_s": 0.5, "query_i2t_s": 0.002, "query_t2i_s": 0.003,
+              "total_s": total_s, "status": "measured", "flops": math.nan,
+              "hardware": "cpu", **fields}
+    return {f"cost.{protocol}.{mode}.{k}": v for k, v in values.items()}
+
+
+EFF = {"eff.params_total": 1.5e6, "eff.image_flops": 2e9, "eff.text_flops": 3e8,
+       "eff.pair_flops": math.nan}
+
+
+def test_cost_rows_print_seconds_to_four_digits_protocol_tflops_and_variants(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **EFF,
+             **_cost("coco_1k", "dual", 12.3456, index_s=1.23456, flops=2.5e12,
+                     hardware=math.nan)),
+        _row("eval-ss-2", "single_stream", "model.layers=2",
+             **{**EFF, "eff.text_flops": 0.0, "eff.pair_flops": 4e9},
+             **_cost("coco_1k", "full_scoring", 99.0)),
+        _row("eval-clip-3", "clip", **EFF, **{"eff.measured.encode_s": 1.23456,
+                                               "eff.measured.rank_s": 0.5}),
+    ])
+    table = cost_table(df, {"name": "g"}, paper)
+    assert table.columns[:7] == ["Model", "Variant", "Scale", "Params (M)", "GFLOPs / image",
+                                 "GFLOPs / text", "GFLOPs / pair"]
+    rows = [dict(zip(table.columns, r)) for r in table.sections[0].rows]
+    dual, cross, eval_run = rows
+    assert (dual["Variant"], cross["Variant"]) == ("—", "model.layers=2")
+    assert (dual["Index (s)"], dual["Total (s)"]) == ("1.235", "12.35")
+    assert (dual["Protocol TFLOPs"], dual["Hardware"]) == ("2.5", "")
+    assert (eval_run["Index (s)"], eval_run["Total (s)"], eval_run["Hardware"]) == (
+        "1.235", "1.735", "")
+    # A cross-encoder's text features cost no matrix products: a dash, and the note why.
+    assert cross["GFLOPs / text"] == "—" and ZERO_FLOPS_NOTE in table.notes
+    assert table.data["variant"].tolist() == ["—", "model.layers=2", "—"]
+
+
+def test_a_stage_with_efficiency_numbers_but_no_timed_protocol_has_a_cost_table(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-3", "clip", **EFF)])
+    table = cost_table(df, {"name": "g"}, paper)
+    assert table is not None and table.sections[0].rows[0][2] == "1.5"
+
+
+def test_a_grid_can_ask_for_an_empty_cost_table(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([{**_row("eval-clip-1", "clip"), "status": "pending",
+                        "has_result": False}])
+    assert cost_table(df, {"name": "g"}, paper) is None
+    table = cost_table(df, {"name": "g", "show_empty_tables": ["cost"]}, paper)
+    assert table is not None and table.sections[0].rows[0][-1] == "pending: not started"
+
+
+def test_ratio_rows_come_in_protocol_order_with_timing_and_mode(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **_cost("p5k", "dual", 0.5)),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "rerank_16", 40.0),
+             **_cost("p5k", "full_scoring", 500.0)),
+        _row("eval-cookie-3", "cookie", **_cost("p1k", "dual", 0.2)),
+    ])
+    table = ratio_table(df, {"name": "g"}, paper)
+    rows = [dict(zip(table.columns, r)) for r in table.sections[0].rows]
+    assert [(r["Protocol"], r["Dual encoder"]) for r in rows] == [("p1k", "cookie"),
+                                                                  ("p5k", "clip")]
+    assert [r["Cross-encoder (mode)"] for r in rows] == ["single_stream (rerank_16)",
+                                                         "single_stream (full scoring)"]
+    assert [r["Timing"] for r in rows] == ["measured", "measured"]
+
+
+def test_unimodal_columns_are_by_direction_then_k_and_undone_rows_carry_no_values(
+        paper: pd.DataFrame) -> None:
+    metrics = {"metric.t2t_R@10": 30.0, "metric.t2t_R@1": 10.0, "metric.t2t_R@5": 20.0,
+               "metric.i2i_R@1": 5.0}
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **metrics),
+                       {**_row("eval-clip-2", "clip", **metrics), "status": "interrupted"}])
+    table = unimodal_table(df, {"name": "g"}, paper)
+    assert table.columns[5:-1] == ["i2i R@1", "t2t R@1", "t2t R@5", "t2t R@10"]
+    assert table.sections[0].rows[0][5:-1] == ["5.00", "10.00", "20.00", "30.00"]
+    # An interrupted stage's leftover metrics are not its result: empty, in the csv too.
+    assert table.data["t2t_R@1"].tolist()[0] == 10.0 and math.isnan(table.data["t2t_R@1"][1])
