@@ -1,4 +1,4 @@
-"""Claims of the table cells and paired comparisons that the mutation runs found untested.
+"""Analysis claims (table cells, paired comparisons, tables) the mutation runs found untested.
 
 Each test protects one claim of :mod:`harness.analysis.cells`, ``compare``, ``tables`` or
 ``cost_tables`` that a surviving mutant showed no other test checked (see docs/testing.md,
