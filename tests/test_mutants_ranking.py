@@ -1,0 +1,18 @@
+"""Ranking claims the mutation runs found untested (see docs/testing.md, "Mutation testing")."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.eval.ranking import retrieval_ranks_from_embeddings
+
+
+def test_double_precision_embeddings_are_ranked_in_double_precision() -> None:
+    # Caption 1 beats image 0's own caption by 1e-12: a difference float32 rounds away
+    # (a tie, which the lower index would win).
+    img = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    txt = torch.tensor([[1.0], [1.0 + 1e-12]], dtype=torch.float64)
+    i2t, t2i = retrieval_ranks_from_embeddings(img, txt, torch.tensor([0, 1]))
+    assert i2t.tolist() == [2, 2] and t2i.tolist() == [1, 2]
+    i2t32, _ = retrieval_ranks_from_embeddings(img.float(), txt.float(), torch.tensor([0, 1]))
+    assert i2t32.tolist() == [1, 2]
