@@ -535,7 +535,7 @@ def test_a_grid_can_ask_for_an_empty_cost_table(paper: pd.DataFrame) -> None:
 def test_ratio_rows_come_in_protocol_order_with_timing_and_mode(paper: pd.DataFrame) -> None:
     df = pd.DataFrame([
         _row("eval-clip-1", "clip", **_cost("p5k", "dual", 0.5)),
-        _row("eval-ss-2", "single_stream", **_cost("p1k", "rerank_16", 40.0),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "rerank_16", 12.3456),
              **_cost("p5k", "full_scoring", 500.0)),
         _row("eval-cookie-3", "cookie", **_cost("p1k", "dual", 0.2)),
     ])
@@ -546,6 +546,8 @@ def test_ratio_rows_come_in_protocol_order_with_timing_and_mode(paper: pd.DataFr
     assert [r["Cross-encoder (mode)"] for r in rows] == ["single_stream (rerank_16)",
                                                          "single_stream (full scoring)"]
     assert [r["Timing"] for r in rows] == ["measured", "measured"]
+    assert [(r["Dual total (s)"], r["Cross total (s)"]) for r in rows] == [("0.2", "12.35"),
+                                                                          ("0.5", "500")]
 
 
 def test_unimodal_columns_are_by_direction_then_k_and_undone_rows_carry_no_values(
