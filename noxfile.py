@@ -102,7 +102,8 @@ def reproduce(session: nox.Session) -> None:
 #: Modules whose numbers reach the tables; their tests are configured in pyproject.toml
 #: ([tool.mutmut]). Mutant names are ``<module>.<function>__mutmut_<n>``.
 MUTATED_MODULES = ("harness.eval.ranking", "harness.eval.retrieval", "harness.eval.efficiency",
-                   "harness.analysis.tables", "harness.analysis.cost_tables")
+                   "harness.analysis.tables", "harness.analysis.cost_tables",
+                   "harness.analysis.cells", "harness.analysis.compare")
 
 
 def mutation_summary(root: Path) -> dict[str, dict[str, int]]:

@@ -1,0 +1,563 @@
+"""Analysis claims (table cells, paired comparisons, tables) the mutation runs found untested.
+
+Each test protects one claim of :mod:`harness.analysis.cells`, ``compare``, ``tables`` or
+``cost_tables`` that a surviving mutant showed no other test checked (see docs/testing.md,
+"Mutation testing"). Collected frames are real run directories where the claim is about
+reading them, and hand-built frames with the columns ``collect`` writes otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from table_cells import markdown_rows
+from test_table_stats import GRID, N_IMAGES, N_TEXTS, TITLE, _ranks, _stage, _tables
+from test_table_stats import _run as _eval_run
+
+from harness.analysis.cells import seed_of, status_text
+from harness.analysis.compare import (
+    COLUMNS,
+    _summary,
+    compare_rows,
+    load_run,
+    paired_bootstrap,
+    paired_seeds,
+    paired_text,
+)
+from harness.analysis.cost_tables import ZERO_FLOPS_NOTE, cost_table, ratio_table, unimodal_table
+from harness.analysis.paper import load_paper_numbers
+from harness.analysis.tables import (
+    _harness_cells,
+    _not_run_cells,
+    _section_keys,
+    not_run_command,
+    paper_sections,
+    protocol_cell,
+    section_heading,
+    seed_units,
+)
+from harness.eval.retrieval import record_per_query
+from harness.manifest import ManifestStage
+
+N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
+PROTOCOL = {"dataset": "synthetic", "split": "test", "n_images": N, "n_texts": N}
+
+
+def _run(root: Path, name: str, at_one: int) -> str:
+    """An evaluated run directory whose first ``at_one`` i2t queries rank 1 and the rest 5."""
+    run_dir = root / name
+    run_dir.mkdir()
+    ranks = np.where(np.arange(N) < at_one, 1, 5)
+    record = {"protocol": PROTOCOL, **record_per_query(run_dir, {"i2t": ranks}, {"samples": 0})}
+    (run_dir / "result.json").write_text(json.dumps(record))
+    return str(run_dir)
+
+
+def test_a_done_stage_without_a_result_says_no_result_and_why() -> None:
+    row = {"status": "done", "has_result": False, "error": "result.json unreadable"}
+    assert status_text(row) == "no result: result.json unreadable"
+    assert status_text({"status": "done", "has_result": True}) == "done"
+
+
+def test_a_stage_with_a_result_but_not_done_shows_its_status_not_done() -> None:
+    # A result file left by an interrupted attempt is not a finished stage.
+    row = {"status": "interrupted", "has_result": True, "error": "SIGTERM"}
+    assert status_text(row) == "interrupted (reruns next time): SIGTERM"
+
+
+def test_a_pending_stage_says_it_has_not_started() -> None:
+    assert status_text({"status": "pending", "error": None}) == "pending: not started"
+
+
+@pytest.mark.parametrize("length", [89, 90])
+def test_a_failure_of_up_to_90_characters_is_printed_whole(length: int) -> None:
+    error = "x" * length
+    assert status_text({"status": "failed", "error": error}) == f"failed: {error}"
+
+
+@pytest.mark.parametrize("length", [91, 200])
+def test_a_longer_failure_is_cut_to_89_characters_and_an_ellipsis(length: int) -> None:
+    error = "".join(str(i % 10) for i in range(length))
+    assert status_text({"status": "failed", "error": error}) == f"failed: {error[:89]}…"
+
+
+@pytest.mark.parametrize(("overrides", "seed"), [
+    ("model=cookie; seed=3", 3),
+    ("+seed=4; data=coco", 4),       # appended to a config without a seed key
+    ("++seed=5", 5),                  # forced add
+    ("model=clip; seed=-1", -1),      # a negative seed is a seed
+    ("seeds=2; model=clip", None),    # another key that starts with "seed"
+    ("seed=abc", None),
+    ("", None),
+])
+def test_the_seed_of_a_row_is_read_from_its_overrides(overrides: str, seed: int | None) -> None:
+    assert seed_of({"overrides": overrides}) == seed
+
+
+def test_several_seed_pairs_give_a_mean_difference_and_no_single_interval(
+        tmp_path: Path) -> None:
+    ref = _run(tmp_path, "ref", 0)
+    pairs = [(("a", _run(tmp_path, "a", 32)), ("ref", ref)),
+             (("b", _run(tmp_path, "b", 16)), ("ref", ref))]
+    r1 = paired_seeds(pairs, samples=200)["i2t_R@1"]
+    assert r1["diff"] == pytest.approx((25.0 + 12.5) / 2)
+    assert (r1["n"], r1["excluding"], r1["significant"]) == (2, 2, True)
+    # One pair's interval would misstate the spread over seeds: none is given.
+    assert math.isnan(r1["low"]) and math.isnan(r1["high"]) and math.isnan(r1["p"])
+
+
+def test_one_seed_pair_gives_its_paired_interval(tmp_path: Path) -> None:
+    pairs = [(("a", _run(tmp_path, "a", 32)), ("ref", _run(tmp_path, "ref", 0)))]
+    r1 = paired_seeds(pairs, samples=200)["i2t_R@1"]
+    assert r1["n"] == 1 and 0 < r1["low"] <= r1["diff"] == 25.0 <= r1["high"] and r1["p"] < 0.05
+
+
+def test_a_seed_pair_that_cannot_be_compared_is_named_in_the_note(tmp_path: Path) -> None:
+    ref = _run(tmp_path, "ref", 0)
+    gone = tmp_path / "gone"  # a planned row whose run directory was never written
+    also = tmp_path / "also-gone"
+    pairs = [(("a", _run(tmp_path, "a", 32)), ("ref", ref)), (("gone", str(gone)), ("ref", ref)),
+             (("also", str(also)), ("ref", ref)), (("gone", str(gone)), ("ref", ref))]
+    out = paired_seeds(pairs, samples=200)
+    assert out["i2t_R@1"]["n"] == 1
+    # Each reason once, in order, "; " between them.
+    assert out["note"] == "; ".join(
+        f"{d}: no readable result.json ([Errno 2] No such file or directory: "
+        f"'{d / 'result.json'}')" for d in (gone, also))
+
+
+def test_the_interval_is_the_central_level_share_of_the_resampled_differences() -> None:
+    drawn = np.arange(101.0)  # quantiles of 0..100 are the percentages themselves
+    out = _summary(3.0, drawn, level=0.9)
+    assert out["diff"] == 3.0 and (out["low"], out["high"]) == pytest.approx((5.0, 95.0))
+    assert _summary(3.0, drawn, level=0.5)["low"] == pytest.approx(25.0)
+
+
+def test_the_p_value_counts_the_observed_sample_once_on_either_side() -> None:
+    # 99 resampled differences all below 0: the smaller side holds only the observed one.
+    worse, better = np.full(64, 5), np.where(np.arange(64) < 32, 1, 5)
+    r1 = paired_bootstrap({"i2t": worse}, {"i2t": better}, samples=99)["i2t_R@1"]
+    assert r1["high"] < 0 and r1["p"] == 2 * 1 / 100
+    r1 = paired_bootstrap({"i2t": better}, {"i2t": worse}, samples=99)["i2t_R@1"]
+    assert r1["low"] > 0 and r1["p"] == 2 * 1 / 100
+
+
+def test_a_run_without_per_query_ranks_is_refused_saying_how_to_get_them(
+        tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text(json.dumps({"protocol": PROTOCOL}))
+    with pytest.raises(ValueError) as err:
+        load_run(tmp_path)
+    assert str(err.value) == (f"{tmp_path}: result.json has no per_query ranks (evaluated "
+                              "before per-query records existed, or not a retrieval eval): "
+                              "re-run its eval stage")
+
+
+def test_compare_rows_without_a_run_dir_column_names_the_columns_it_has() -> None:
+    with pytest.raises(ValueError) as err:
+        compare_rows(pd.DataFrame({"stage_id": ["a"], "model": ["clip"]}), "a")
+    assert str(err.value) == "compare_rows needs a 'run_dir' column; the table has stage_id, model"
+
+
+def test_compare_rows_passes_its_options_to_the_bootstrap(tmp_path: Path) -> None:
+    row = np.where(np.arange(N) % 3 == 0, 1, 5)  # spread out: intervals depend on the draws
+    ref = np.where(np.arange(N) % 5 == 0, 1, 5)
+    run, ref_run = tmp_path / "row", tmp_path / "ref"
+    for run_dir, ranks in ((run, row), (ref_run, ref)):
+        run_dir.mkdir()
+        record = {"protocol": PROTOCOL, **record_per_query(run_dir, {"i2t": ranks},
+                                                            {"samples": 0})}
+        (run_dir / "result.json").write_text(json.dumps(record))
+    df = pd.DataFrame({"stage_id": ["row", "ref"], "run_dir": [str(run), str(ref_run)]})
+    options = {"samples": 40, "seed": 11, "level": 0.5}
+    out = compare_rows(df, "ref", metrics=["i2t_R@1"], **options).iloc[0]
+    want = paired_bootstrap({"i2t": row}, {"i2t": ref}, names=("row", "ref"),
+                            **options)["i2t_R@1"]
+    assert (out["low"], out["high"], out["p"]) == (want["low"], want["high"], want["p"])
+
+
+def test_a_row_that_cannot_be_compared_gets_one_rsum_row_with_the_reason(
+        tmp_path: Path) -> None:
+    df = pd.DataFrame({"stage_id": ["ref", "gone"],
+                       "run_dir": [_run(tmp_path, "ref", 8), str(tmp_path / "gone")]})
+    out = compare_rows(df, "ref", samples=50)
+    assert out["metric"].tolist() == ["rsum"] and math.isnan(out["diff"].iloc[0])
+    assert out["note"].iloc[0].startswith(f"{tmp_path / 'gone'}: no readable result.json")
+
+
+def test_a_table_of_only_the_reference_gives_an_empty_frame_with_every_column(
+        tmp_path: Path) -> None:
+    df = pd.DataFrame({"stage_id": ["ref"], "run_dir": [_run(tmp_path, "ref", 8)]})
+    out = compare_rows(df, "ref")
+    assert out.empty and out.columns.tolist() == list(COLUMNS)
+
+
+ONE = {"diff": 1.234, "low": 0.5, "high": 2.0, "p": 0.01, "n": 1, "excluding": 1,
+       "significant": True}
+SEEDS = {"diff": -0.5, "low": math.nan, "high": math.nan, "p": math.nan, "n": 3,
+         "excluding": 1, "significant": False}
+
+
+def test_the_paired_cell_prints_each_difference_with_its_interval_or_seed_count() -> None:
+    summary = {"rsum": ONE, "t2i_R@1": SEEDS, "note": ""}
+    assert paired_text(summary) == ("RSUM +1.23 [+0.5, +2.0]*; "
+                                    "t2i R@1 -0.50 (n=3 seeds, 1/3 exclude 0)")
+
+
+def test_a_paired_cell_of_metrics_after_a_missing_one_lists_them_all() -> None:
+    # rsum needs both directions: a unimodal pair has only i2t_R@1 and t2i_R@1.
+    summary = {"i2t_R@1": SEEDS, "t2i_R@1": SEEDS, "note": ""}
+    assert paired_text(summary) == ("i2t R@1 -0.50 (n=3 seeds, 1/3 exclude 0); "
+                                    "t2i R@1 -0.50 (n=3 seeds, 1/3 exclude 0) — within noise")
+
+
+def test_an_uncompared_paired_cell_says_why() -> None:
+    assert paired_text({"note": "eval-x: no readable result.json"}) == (
+        "not compared: eval-x: no readable result.json")
+    assert paired_text({"note": ""}) == "not compared: no paired ranks"
+
+
+def test_a_query_ranked_in_one_run_only_is_left_out_of_the_comparison() -> None:
+    # Rank 0: the query had no positive in that run (a skipped unimodal query).
+    out = paired_bootstrap({"i2t": np.array([0, 1, 1, 5])}, {"i2t": np.array([2, 1, 5, 0])},
+                           samples=20)
+    assert out["i2t_R@1"]["diff"] == pytest.approx(100 * (2 - 1) / 2)
+
+
+def test_runs_without_a_query_ranked_in_both_are_refused_naming_both() -> None:
+    with pytest.raises(ValueError) as err:
+        paired_bootstrap({"t2i": np.array([0, 3])}, {"t2i": np.array([2, 0])},
+                         names=("eval-a", "eval-b"))
+    assert str(err.value) == "t2i: no query has a rank in both eval-a and eval-b"
+
+
+def test_runs_without_a_shared_direction_are_refused_listing_each_ones() -> None:
+    ones = np.ones(4, int)
+    with pytest.raises(ValueError) as err:
+        paired_bootstrap({"i2t": ones, "t2i": ones}, {"t2t": ones}, names=("eval-a", "eval-b"))
+    assert str(err.value) == "eval-a (i2t, t2i) and eval-b (t2t) share no ranked direction"
+    with pytest.raises(ValueError) as err:
+        paired_bootstrap({}, {"t2t": ones}, names=("eval-a", "eval-b"))
+    assert str(err.value) == "eval-a (nothing) and eval-b (t2t) share no ranked direction"
+
+
+def test_a_section_published_with_one_direction_only_is_still_a_section() -> None:
+    paper = pd.DataFrame({
+        "table": ["t1", "t1", "t1", "t2"], "dataset": ["coco", "coco", "flickr30k", "coco"],
+        "split": ["karpathy_test"] * 4,
+        "protocol": ["finetuned_5k", "finetuned_5k", "finetuned_1k", "zeroshot_5k"],
+        "direction": ["t2i", "i2t", "i2t", "i2t"]})
+    assert paper_sections(paper, "t1") == [("coco", ("karpathy_test", "finetuned_5k")),
+                                           ("flickr30k", ("karpathy_test", "finetuned_1k"))]
+
+
+GALLERY = {"protocol.n_images": 1000, "protocol.n_texts": 5000}
+
+
+def test_a_rerank_protocol_cell_names_k_and_the_first_stage_by_its_label() -> None:
+    row = {**GALLERY, "protocol.rerank_k": 16, "protocol.first_stage": "eval-clip-coco-1234"}
+    assert protocol_cell(row, {"eval-clip-coco-1234": "CLIP"}) == (
+        "1000 img / 5000 txt; top-16 rerank of CLIP")
+    assert protocol_cell(row, {"other": "x"}) == (
+        "1000 img / 5000 txt; top-16 rerank of eval-clip-coco-1234")
+    assert protocol_cell({**GALLERY, "protocol.rerank_k": 8}) == (
+        "1000 img / 5000 txt; top-8 rerank of its first stage")
+    assert protocol_cell(GALLERY) == "1000 img / 5000 txt"
+
+
+def test_a_harness_row_names_its_first_stage_by_the_label_the_table_uses() -> None:
+    unit = pd.DataFrame([{"model": "cross", "status": "pending", "stage_id": "eval-cross-1",
+                          "scale": "smoke", "regime": "finetuned", **GALLERY,
+                          "protocol.rerank_k": 4, "protocol.first_stage": "eval-clip-1"}])
+    cells, _ = _harness_cells(unit, None, {"eval-clip-1": "CLIP (first stage)"})
+    assert cells[4] == "1000 img / 5000 txt; top-4 rerank of CLIP (first stage)"
+
+
+def test_a_dataset_without_a_display_label_is_headed_by_its_name() -> None:
+    assert section_heading("cc3m", ("karpathy_test", "zeroshot_5k"), "test") == (
+        "cc3m — Karpathy test, 5K images (paper protocol zeroshot_5k)")
+    assert section_heading("coco", ("karpathy_test", "finetuned_1k"), "test") == (
+        "COCO — Karpathy test, 1K images (paper protocol finetuned_1k)")
+
+
+def test_a_section_without_results_says_when_published_rows_appear() -> None:
+    assert section_heading("coco", None, "test", has_results=False) == (
+        "coco — split test: no result yet, so no gallery to join on; published rows appear "
+        "once a run reports its protocol")
+
+
+def _rows(*specs: tuple[str, bool]) -> pd.DataFrame:
+    """Eval rows (dataset, done) of the Karpathy test split, 5,000 fine-tuned images."""
+    return pd.DataFrame([{"dataset": d, "split": "test", "regime": "finetuned",
+                          "protocol.n_images": 5000 if done else None,
+                          "status": "done" if done else "pending", "has_result": done}
+                         for d, done in specs])
+
+
+def test_a_row_without_a_result_joins_the_section_of_its_datasets_done_row() -> None:
+    keys = _section_keys(_rows(("coco", True), ("coco", False), ("flickr30k", False)))
+    joined = ("coco", ("karpathy_test", "finetuned_5k"))
+    assert keys == [joined, joined, ("flickr30k", None)]
+
+
+def test_a_row_without_a_result_joins_its_datasets_only_published_section() -> None:
+    one = [("flickr30k", ("karpathy_test", "finetuned_1k"))]
+    two = [("coco", ("karpathy_test", "finetuned_5k")), ("coco", ("karpathy_test", "zeroshot_5k"))]
+    assert _section_keys(_rows(("flickr30k", False)), one) == one
+    assert _section_keys(_rows(("coco", False)), two) == [("coco", None)]
+
+
+def _units(*specs: tuple[str, str, str | None, bool]) -> list[list[int]]:
+    """seed_units of rows (model, scale, seed, done), all in one section, no variant."""
+    rows = pd.DataFrame([{"stage_id": f"s{i}", "model": m, "scale": sc,
+                          "overrides": f"seed={seed}" if seed is not None else "",
+                          "status": "done" if done else "pending", "has_result": done}
+                         for i, (m, sc, seed, done) in enumerate(specs)])
+    return seed_units(rows, [("coco", None)] * len(rows), {f"s{i}": "" for i in range(len(rows))})
+
+
+def test_seeds_of_one_model_and_scale_are_one_unit_and_other_rows_stay_alone() -> None:
+    assert _units(("clip", "smoke", "0", True), ("clip", "smoke", "1", True),
+                  ("clip", "paper", "0", True), ("clip", "smoke", "2", False),
+                  ("clip", "smoke", None, True), ("clip", "smoke", None, True)) == [
+        [0, 1], [2], [3], [4], [5]]
+
+
+def test_seeds_of_two_variants_of_one_model_are_two_units() -> None:
+    rows = pd.DataFrame([{"stage_id": f"s{i}", "model": "cookie", "scale": "smoke",
+                          "overrides": f"seed={i % 2}", "status": "done", "has_result": True}
+                         for i in range(4)])
+    variants = {"s0": "", "s1": "", "s2": "model.wst.layers=0", "s3": "model.wst.layers=0"}
+    assert seed_units(rows, [("coco", None)] * 4, variants) == [[0, 1], [2, 3]]
+
+
+def test_a_not_run_section_row_says_which_command_runs_it() -> None:
+    grid = {"name": "table2"}
+    assert not_run_command(grid) == "python -m harness.run grid=table2 scale=paper"
+    assert not_run_command({**grid, "paper_command": "bash scripts/t2.sh"}) == (
+        "bash scripts/t2.sh")
+    cells = _not_run_cells("coco", grid, variant=False)
+    assert cells[:5] == ["harness", "—", "—", "—", "—"] and cells[-1] == ""
+    assert cells[-2] == ("not run: no run on COCO yet; `python -m harness.run grid=table2 "
+                         "scale=paper` runs it (needs the real dataset)")
+    assert set(cells[5:-2]) == {""} and len(cells) == 5 + 7 + 2
+    assert len(_not_run_cells("cc3m", grid, variant=True)) == len(cells) + 1
+    assert "no run on cc3m yet" in _not_run_cells("cc3m", grid, variant=True)[-2]
+
+
+def _paired_cells(root: Path, runs: list[tuple[str, str, tuple[str, ...]]], reference: dict
+                  ) -> tuple[dict[str, str], pd.DataFrame]:
+    """The "Paired Δ vs reference" cell of each harness row (by its Run cell), and the csv."""
+    for i, (name, model, _) in enumerate(runs):
+        _eval_run(root, name, model, _ranks(i, 0.4))
+    stages = [_stage(name, model, *extra) for name, model, extra in runs]
+    md, csv, _ = _tables(root, stages, {**GRID, "reference": reference})
+    cells = {r["Run"]: r["Paired Δ vs reference"] for r in markdown_rows(md, TITLE)
+             if r["Source"] == "harness"}
+    return cells, csv
+
+
+def test_a_section_without_the_reference_model_says_so_in_the_paired_cell(
+        tmp_path: Path) -> None:
+    cells, _ = _paired_cells(tmp_path, [("eval-clip-synthetic-aaaaaaaa", "clip", ())],
+                             {"model": "cookie", "overrides": []})
+    assert cells == {"eval-clip-synthetic-aaaaaaaa":
+                     "no reference row (cookie (no variant override)) in this section"}
+
+
+def test_seeds_without_a_seed_in_common_with_the_reference_are_not_compared(
+        tmp_path: Path) -> None:
+    runs = [("eval-cookie-synthetic-00000000", "cookie", ("seed=0",)),
+            ("eval-clip-synthetic-00000001", "clip", ("seed=1",))]
+    cells, _ = _paired_cells(tmp_path, runs, {"model": "cookie", "overrides": []})
+    assert cells["eval-clip-synthetic-00000001"] == (
+        "not compared: no seed in common with the reference")
+
+
+def test_the_csv_names_the_reference_run_of_every_seed_pair(tmp_path: Path) -> None:
+    runs = [(f"eval-{m}-synthetic-{s:08d}", m, (f"seed={s}",)) for m in ("cookie", "clip")
+            for s in (0, 1)]
+    _, csv = _paired_cells(tmp_path, runs, {"model": "cookie", "overrides": []})
+    line = csv[csv["model"] == "clip"].iloc[0]
+    assert line["vs_reference"] == "eval-cookie-synthetic-00000000 eval-cookie-synthetic-00000001"
+
+
+def _write_tables(root: Path, runs: list[tuple[str, str, tuple[str, ...]]], grid: dict,
+                  missing: tuple[ManifestStage, ...] = ()) -> tuple[str, pd.DataFrame]:
+    """The Markdown and retrieval csv of a grid of done synthetic eval runs (and stages that
+    never ran)."""
+    for i, (name, model, _) in enumerate(runs):
+        _eval_run(root, name, model, _ranks(i, 0.4))
+    stages = [_stage(name, model, *extra) for name, model, extra in runs]
+    md, csv, _ = _tables(root, [*stages, *missing], grid)
+    return md, csv
+
+
+def test_the_retrieval_notes_explain_intervals_seeds_variants_and_paired_marks(
+        tmp_path: Path) -> None:
+    runs = [*((f"eval-cookie-synthetic-{s:08d}", "cookie", (f"seed={s}",)) for s in (0, 1)),
+            ("eval-clip-synthetic-aaaaaaaa", "clip", ("seed=0", "model.temperature=0.1"))]
+    md, _ = _write_tables(tmp_path, runs, {**GRID, "reference": {"model": "cookie"}})
+    notes = [line[2:] for line in md.splitlines() if line.startswith("- ")]
+    for note in (
+            "[low, high] after a harness number: its 95% percentile bootstrap interval (300 "
+            "resamples of the test queries: images for i2t, captions for t2i; RSUM from both), "
+            "from the run record. It covers the choice of queries only, not training (seeds, "
+            "machines).",
+            "mean ± std: over the training seeds of one experiment (sample std; n in Status); "
+            "its [low, high] is the mean of the seeds' per-query intervals. Each seed's stage "
+            "is a row of collected.csv.",
+            "Variant = the overrides (of the stage or its training parents) that differ from "
+            "the other rows.",
+            "Paired Δ vs reference = row − reference, where the reference is cookie (no "
+            "variant override) in the same section (same split and protocol; grid key "
+            "`reference`); paired bootstrap over the same resampled queries for both runs, "
+            "seed matched with seed, [low, high] its 95% interval. * = the interval excludes 0 "
+            "(with n seeds: every seed's does); within noise = none of RSUM, i2t R@1, t2i R@1 "
+            "excludes 0."):
+        assert note in notes
+
+
+def test_a_grid_without_a_claim_has_a_title_without_one(tmp_path: Path) -> None:
+    md, _ = _write_tables(tmp_path, [("eval-clip-synthetic-aaaaaaaa", "clip", ())],
+                          {"name": "tiny"})
+    assert md.startswith("## tiny: cross-modal retrieval\n")
+
+
+def test_a_rerank_row_names_its_first_stage_by_the_manifest_label(tmp_path: Path) -> None:
+    first, rerank = "eval-clip-synthetic-aaaaaaaa", "eval-cookie-synthetic-bbbbbbbb"
+    _write_tables(tmp_path, [(first, "clip", ()), (rerank, "cookie", ())], GRID)
+    result = tmp_path / rerank / "result.json"
+    record = json.loads(result.read_text())
+    record["protocol"].update(rerank_k=4, first_stage=first)
+    result.write_text(json.dumps(record))
+    md, _, _ = _tables(tmp_path, [_stage(first, "clip"), _stage(rerank, "cookie")], GRID)
+    row = next(r for r in markdown_rows(md, TITLE) if r["Run"] == rerank)
+    assert row["Protocol / gallery"] == (
+        f"{N_IMAGES} img / {N_TEXTS} txt; top-4 rerank of eval:clip:synthetic")
+
+
+def test_published_sections_a_grid_never_ran_get_a_not_run_row(tmp_path: Path) -> None:
+    never = ManifestStage("eval-cookie-coco-cccccccc", "eval:cookie:coco", "eval", "cookie",
+                          "coco", scale="paper", split="test",
+                          overrides=("task=eval", "model=cookie", "data=coco"))
+    md, csv = _write_tables(tmp_path, [("eval-clip-synthetic-aaaaaaaa", "clip", ())],
+                            {**GRID, "paper_table": "table2", "reference": {"model": "cookie"}},
+                            missing=(never,))
+    command = "python -m harness.run grid=tiny scale=paper"
+    rows = markdown_rows(md, TITLE)
+    not_run_rows = [r for r in rows if r["Status"].startswith("not run:")]
+    assert [r["Status"] for r in not_run_rows] == [
+        f"not run: no run on Flickr30K yet; `{command}` runs it (needs the real dataset)"]
+    # Rows that are no harness result (published, not run) have an empty paired cell.
+    assert {r["Paired Δ vs reference"] for r in rows if r["Source"] != "harness"} == {""}
+    assert any(r["Source"] == "paper" for r in rows)
+    not_run = csv[csv["status"] == f"not run: {command}"]
+    assert not_run[["section_dataset", "paper_protocol"]].values.tolist() == [
+        ["flickr30k", "finetuned_1k"]]
+    # A stage that never ran on COCO joins COCO's one published section, not a section of
+    # its own.
+    line = csv[csv["stage_id"] == never.stage_id].iloc[0]
+    assert (line["section_dataset"], line["paper_protocol"]) == ("coco", "finetuned_5k")
+
+@pytest.fixture(scope="module")
+def paper() -> pd.DataFrame:
+    return load_paper_numbers()
+
+
+def _row(stage_id: str, model: str, overrides: str = "", **fields: Any) -> dict[str, Any]:
+    """A done eval row of the collected frame."""
+    return {"stage_id": stage_id, "task": "eval", "model": model, "scale": "smoke",
+            "dataset": "synthetic", "status": "done", "has_result": True,
+            "overrides": overrides, **fields}
+
+
+def _cost(protocol: str, mode: str, total_s: float, **fields: Any) -> dict[str, Any]:
+    """The cost.<protocol>.<mode>.* columns of one timed protocol."""
+    values = {"kind": "bench", "n_images": 1000, "n_texts": 5000, "index_s": 1.0,
+              "ranking_s": 0.5, "query_i2t_s": 0.002, "query_t2i_s": 0.003,
+              "total_s": total_s, "status": "measured", "flops": math.nan,
+              "hardware": "cpu", **fields}
+    return {f"cost.{protocol}.{mode}.{k}": v for k, v in values.items()}
+
+
+EFF = {"eff.params_total": 1.5e6, "eff.image_flops": 2e9, "eff.text_flops": 3e8,
+       "eff.pair_flops": math.nan}
+
+
+def test_cost_rows_print_seconds_to_four_digits_protocol_tflops_and_variants(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **EFF,
+             **_cost("coco_1k", "dual", 12.3456, index_s=1.23456, flops=2.5e12,
+                     hardware=math.nan)),
+        _row("eval-ss-2", "single_stream", "model.layers=2",
+             **{**EFF, "eff.text_flops": 0.0, "eff.pair_flops": 4e9},
+             **_cost("coco_1k", "full_scoring", 99.0)),
+        _row("eval-clip-3", "clip", **EFF, **{"eff.measured.encode_s": 1.23456,
+                                               "eff.measured.rank_s": 0.5}),
+    ])
+    table = cost_table(df, {"name": "g"}, paper)
+    assert table.columns[:7] == ["Model", "Variant", "Scale", "Params (M)", "GFLOPs / image",
+                                 "GFLOPs / text", "GFLOPs / pair"]
+    rows = [dict(zip(table.columns, r)) for r in table.sections[0].rows]
+    dual, cross, eval_run = rows
+    assert (dual["Variant"], cross["Variant"]) == ("—", "model.layers=2")
+    assert (dual["Index (s)"], dual["Total (s)"]) == ("1.235", "12.35")
+    assert (dual["Protocol TFLOPs"], dual["Hardware"]) == ("2.5", "")
+    assert (eval_run["Index (s)"], eval_run["Total (s)"], eval_run["Hardware"]) == (
+        "1.235", "1.735", "")
+    # A cross-encoder's text features cost no matrix products: a dash, and the note why.
+    assert cross["GFLOPs / text"] == "—" and ZERO_FLOPS_NOTE in table.notes
+    assert table.data["variant"].tolist() == ["—", "model.layers=2", "—"]
+
+
+def test_a_stage_with_efficiency_numbers_but_no_timed_protocol_has_a_cost_table(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-3", "clip", **EFF)])
+    table = cost_table(df, {"name": "g"}, paper)
+    assert table is not None and table.sections[0].rows[0][2] == "1.5"
+
+
+def test_a_grid_can_ask_for_an_empty_cost_table(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([{**_row("eval-clip-1", "clip"), "status": "pending",
+                        "has_result": False}])
+    assert cost_table(df, {"name": "g"}, paper) is None
+    table = cost_table(df, {"name": "g", "show_empty_tables": ["cost"]}, paper)
+    assert table is not None and table.sections[0].rows[0][-1] == "pending: not started"
+
+
+def test_ratio_rows_come_in_protocol_order_with_timing_and_mode(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **_cost("p5k", "dual", 0.5)),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "rerank_16", 12.3456),
+             **_cost("p5k", "full_scoring", 500.0)),
+        _row("eval-cookie-3", "cookie", **_cost("p1k", "dual", 0.2)),
+    ])
+    table = ratio_table(df, {"name": "g"}, paper)
+    rows = [dict(zip(table.columns, r)) for r in table.sections[0].rows]
+    assert [(r["Protocol"], r["Dual encoder"]) for r in rows] == [("p1k", "cookie"),
+                                                                  ("p5k", "clip")]
+    assert [r["Cross-encoder (mode)"] for r in rows] == ["single_stream (rerank_16)",
+                                                         "single_stream (full scoring)"]
+    assert [r["Timing"] for r in rows] == ["measured", "measured"]
+    assert [(r["Dual total (s)"], r["Cross total (s)"]) for r in rows] == [("0.2", "12.35"),
+                                                                          ("0.5", "500")]
+
+
+def test_unimodal_columns_are_by_direction_then_k_and_undone_rows_carry_no_values(
+        paper: pd.DataFrame) -> None:
+    metrics = {"metric.t2t_R@10": 30.0, "metric.t2t_R@1": 10.0, "metric.t2t_R@5": 20.0,
+               "metric.i2i_R@1": 5.0}
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **metrics),
+                       {**_row("eval-clip-2", "clip", **metrics), "status": "interrupted"}])
+    table = unimodal_table(df, {"name": "g"}, paper)
+    assert table.columns[5:-1] == ["i2i R@1", "t2t R@1", "t2t R@5", "t2t R@10"]
+    assert table.sections[0].rows[0][5:-1] == ["5.00", "10.00", "20.00", "30.00"]
+    # An interrupted stage's leftover metrics are not its result: empty, in the csv too.
+    assert table.data["t2t_R@1"].tolist()[0] == 10.0 and math.isnan(table.data["t2t_R@1"][1])
