@@ -60,7 +60,7 @@ def lint(session: nox.Session) -> None:
                 "bench", "noxfile.py", external=True)
 
 
-REPRODUCE_GRIDS = ("table2", "table3", "ablations", "controls")
+REPRODUCE_GRIDS = ("table2", "table3", "ablations")
 REPRODUCE_WORKERS = 2
 
 
