@@ -389,7 +389,10 @@ def test_ablation_grid_plans_every_variant(tmp_path: Path):
     assert grid["claim"]
     plan = plan_grid(grid, [], tmp_path)
     trains = [s for s in plan if s.task == "finetune"]
-    # full (= depth 1 at smoke scale), no sharing, -vv, -tt, depth 2, CLIP
-    assert len(trains) == 6 and len(plan) == 12
+    # full (= depth 1 at smoke scale), no sharing, -vv, -tt, all three off, depth 2, CLIP
+    assert len(trains) == 7 and len(plan) == 14
     layers = sorted(s.cfg.model.wst.layers for s in trains if s.model == "cookie")
-    assert layers == [0, 1, 1, 1, 2]
+    assert layers == [0, 0, 1, 1, 1, 2]
+    all_off = [s for s in trains if s.model == "cookie" and s.cfg.model.wst.layers == 0
+               and not s.cfg.model.losses.vv.enabled and not s.cfg.model.losses.tt.enabled]
+    assert len(all_off) == 1
