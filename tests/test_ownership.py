@@ -91,9 +91,11 @@ from harness.launch.lock import acquire
 lock = acquire(Path(sys.argv[1]))
 child = os.fork()  # as a data-loader worker is forked from its stage process
 if child == 0:
+    # The child says its pid once it runs, i.e. after its at-fork handlers: the test must not
+    # look at the lock while a child that was never scheduled still shares it (a busy machine).
+    print(os.getpid(), flush=True)
     time.sleep(600)
     os._exit(0)
-print(child, flush=True)
 time.sleep(600)
 """
 
