@@ -35,6 +35,16 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"
 
 
+def stage_seconds(record: Any) -> float:
+    """The stage body's seconds from a record (0 for a record written before timing was)."""
+    return float((record.timing or {}).get("stage_s") or 0.0)
+
+
+def loop_seconds(record: Any) -> float:
+    """The training loop's seconds of a training stage's record (0 for other stages)."""
+    return float((record.train or {}).get("wall_s") or 0.0)
+
+
 def grid_profile(run_root: Path, grid: str, manifest: Any) -> dict[str, Any]:
     """One grid's stage records read against its newest manifest."""
     from harness.record import RecordError, read_record
@@ -57,12 +67,11 @@ def task_rows(records: list[Any]) -> list[tuple[str, int, float, float, float]]:
     """(task, stages, stage seconds, training-loop seconds, start-up seconds) per task."""
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for record in records:
-        timing = record.timing or {}
         row = totals[record.task]
         row[0] += 1
-        row[1] += float(timing.get("stage_s") or 0.0)
-        row[2] += float((record.train or {}).get("wall_s") or 0.0)
-        row[3] += float(timing.get("process_age_at_start_s") or 0.0)
+        row[1] += stage_seconds(record)
+        row[2] += loop_seconds(record)
+        row[3] += float((record.timing or {}).get("process_age_at_start_s") or 0.0)
     return [(task, int(n), s, loop, boot) for task, (n, s, loop, boot) in sorted(totals.items())]
 
 
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
           "summed | Busy workers (summed / wall) |")
     print("|---|---|---:|---:|---:|---:|")
     for p in profiles:
-        busy = sum(float((r.timing or {}).get("stage_s") or 0.0) for r in p["ran"])
+        busy = sum(stage_seconds(r) for r in p["ran"])
         ratio = f"{busy / p['wall_s']:.2f}" if p["wall_s"] > 0 else "—"
         print(f"| {p['grid']} | {_minutes(p['wall_s'])} | {len(p['ran'])} | {len(p['reused'])} "
               f"| {busy:.0f} | {ratio} |")
@@ -98,13 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     if untimed:
         print(f"\n{len(untimed)} stage record(s) carry no timing (written before it was "
               f"recorded): {', '.join(untimed)}")
-    longest = sorted(ran, key=lambda r: -float((r.timing or {}).get("stage_s") or 0.0))
+    longest = sorted(ran, key=lambda r: -stage_seconds(r))
     print("\n| Longest stages | Task | Model | Stage s | Training loop s |")
     print("|---|---|---|---:|---:|")
     for record in longest[:args.longest]:
         print(f"| {record.stage_id} | {record.task} | {record.model} | "
-              f"{float((record.timing or {}).get('stage_s') or 0.0):.0f} | "
-              f"{float((record.train or {}).get('wall_s') or 0.0):.0f} |")
+              f"{stage_seconds(record):.0f} | {loop_seconds(record):.0f} |")
     for p in profiles:
         if p["missing"]:
             print(f"\n{p['grid']}: no record for {', '.join(p['missing'])}")

@@ -46,10 +46,10 @@ class CookieEncoder(nn.Module):
         projection = str(cfg.get("projection", "shared_width"))
         if projection not in PROJECTIONS:
             raise ValueError(f"model.projection={projection!r}; valid: {', '.join(PROJECTIONS)}")
-        if projection == "clip" and int(wst["layers"]) > 0:
-            raise ValueError("model.projection=clip needs model.wst.layers=0: the shared "
-                             "transformer works at the shared width")
         if projection == "clip":
+            if int(wst["layers"]) > 0:
+                raise ValueError("model.projection=clip needs model.wst.layers=0: the shared "
+                                 "transformer works at the shared width")
             # The controlled baseline (docs/ablations.md): CLIP's head, one bias-free linear
             # map from the pooled tower features; nothing maps into a shared width.
             self.image_in, self.text_in = nn.Identity(), nn.Identity()
