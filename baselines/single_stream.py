@@ -20,7 +20,8 @@ the truth:
   stage.
 * :class:`SingleStreamITC` (``contrastive_head: true``): adds an ALBEF-style contrastive head
   (pooled unimodal features -> projections -> ITC loss) whose similarities drive hard-negative
-  sampling, and ``encode_image`` / ``encode_text`` so the model is its own first stage.
+  sampling (``itc.hard_negatives``; off, ITM keeps uniform negatives), and ``encode_image`` /
+  ``encode_text`` so the model is its own first stage.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ TEXT, IMAGE = 0, 1  # modality-type embedding rows
 JOINT_KINDS = ("vit", "bert")
 # What the ITM head reads from the joint sequence ``[text; image]``: cls, the first (text
 # [CLS]) token (ViLT, UNITER); image_cls, the image's class token; mean, a masked mean.
-# product: element-wise product of the text part's and the image part's masked means (ViLBERT's
-# alignment head, Lu et al. 2019, sec. 3.2), a bilinear match term from the first step.
+# product: ViLBERT's alignment head (Lu et al. 2019, sec. 3.2): each modality's pooled vector
+# through its own pooler (linear + activation), then their element-wise product, a low-rank
+# bilinear match term from the first step (the MLB form of Kim et al. 2017).
 ITM_POOLS = ("cls", "image_cls", "mean", "product")
 
 
@@ -228,7 +230,18 @@ class SingleStream(nn.Module):
             self.text_embed.load_bert(bert, Path(text_cfg.get("pretrained_path") or "."))
             with torch.no_grad():  # BERT's type-0 row is folded into the positions already
                 self.type_embed.weight[TEXT].zero_()
-        self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.itm_pool = str(cfg.get("itm_pool", "cls"))
+        if self.itm_pool not in ITM_POOLS:
+            raise ValueError(f"model.itm_pool must be one of {ITM_POOLS}, got {self.itm_pool!r}")
+        self.pooler: nn.Module = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        if self.itm_pool == "product":
+            # ViLBERT pools each stream separately (text: linear + tanh, image: linear + ReLU)
+            # before the product; with one shared basis the product could only match features
+            # coordinate by coordinate, and the two modalities' coordinates need not agree.
+            self.pooler = nn.ModuleDict({
+                "text": self.pooler,
+                "image": nn.Sequential(nn.Linear(width, width), nn.ReLU()),
+            })
         self.itm_head = nn.Linear(width, 2)
         self.mlm_head = MLMHead(self.text_embed.word)
         self.vocab_size = vocab_size
@@ -239,9 +252,6 @@ class SingleStream(nn.Module):
                              f"{vocab_size} (need {', '.join(SPECIAL_KEYS)}; pass "
                              f"Tokenizer.special_ids)")
         self.mlm_prob = float(cfg.get("mlm_prob", 0.15))
-        self.itm_pool = str(cfg.get("itm_pool", "cls"))
-        if self.itm_pool not in ITM_POOLS:
-            raise ValueError(f"model.itm_pool must be one of {ITM_POOLS}, got {self.itm_pool!r}")
         self.itm_score = str(cfg.get("itm_score", "logit"))
         if self.itm_score not in ("logit", "logprob"):
             raise ValueError(f"model.itm_score must be 'logit' or 'logprob', got {self.itm_score!r}")
@@ -329,7 +339,7 @@ class SingleStream(nn.Module):
             text = (hidden[:, :first_image] * weights[:, :first_image]).sum(1)
             text = text / weights[:, :first_image].sum(1).clamp_min(1.0)
             image = hidden[:, first_image:].mean(1)
-            return self.itm_head(self.pooler(text * image))
+            return self.itm_head(self.pooler["text"](text) * self.pooler["image"](image))
         return self.itm_head(self.pooler((hidden * weights).sum(1) / weights.sum(1)))
 
     # ------------------------------------------------------------------------ training
@@ -397,6 +407,7 @@ class SingleStreamITC(SingleStream):
         self.image_proj = nn.Linear(self.width, dim)
         self.text_proj = nn.Linear(self.width, dim)
         temperature = float(itc.get("init_temperature", 0.07))
+        self.hard_negatives = bool(itc.get("hard_negatives", True))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
     def pooled(self, features: TokenFeatures) -> Tensor:
@@ -434,11 +445,14 @@ class SingleStreamITC(SingleStream):
             self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
     def negative_logits(self, image: TokenFeatures, text: TokenFeatures, ids: Tensor,
-                        out: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """ITC loss into ``out``; its detached, temperature-scaled similarities as weights."""
+                        out: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+        """ITC loss into ``out``; its detached, temperature-scaled similarities as weights, or
+        None (uniform ITM negatives) when ``itc.hard_negatives`` is off."""
         img, txt = self.embed_image(image), self.embed_text(text)
         scale = self.logit_scale.exp()
         out["itc"] = self.loss_weights["itc"] * symmetric_info_nce(img, txt, scale, ids, ids)
+        if not self.hard_negatives:
+            return None
         with torch.no_grad():
             sims = scale * img @ txt.t()
         return sims, sims.t()

@@ -112,6 +112,16 @@ def test_several_seed_pairs_give_a_mean_difference_and_no_single_interval(
     assert math.isnan(r1["low"]) and math.isnan(r1["high"]) and math.isnan(r1["p"])
 
 
+def test_seed_pairs_that_cancel_exclude_zero_on_no_side(tmp_path: Path) -> None:
+    # One seed +12.5, the other -12.5, each interval excluding 0 on its own side: the mean is
+    # exactly 0, so no pair excludes 0 on the side of the mean and nothing is significant.
+    pairs = [(("a", _run(tmp_path, "a", 32)), ("r1", _run(tmp_path, "r1", 16))),
+             (("b", _run(tmp_path, "b", 0)), ("r2", _run(tmp_path, "r2", 16)))]
+    r1 = paired_seeds(pairs, samples=200)["i2t_R@1"]
+    assert r1["diff"] == 0.0
+    assert (r1["n"], r1["excluding"], r1["significant"]) == (2, 0, False)
+
+
 def test_one_seed_pair_gives_its_paired_interval(tmp_path: Path) -> None:
     pairs = [(("a", _run(tmp_path, "a", 32)), ("ref", _run(tmp_path, "ref", 0)))]
     r1 = paired_seeds(pairs, samples=200)["i2t_R@1"]

@@ -29,3 +29,32 @@ def test_embeddings_whose_dot_products_overflow_fp32_are_refused() -> None:
     # One dimension of the same size stays below the bound and is ranked.
     i2t, _ = retrieval_ranks_from_embeddings(img[:, :1], txt[:, :1], torch.tensor([0, 1]))
     assert i2t.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("chunk_size", [3, 1024])
+def test_both_directions_rank_one_matrix_when_the_positives_gemm_rounds_differently(
+        chunk_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.eval.ranking as ranking
+    from harness.eval.ranking import retrieval_ranks
+
+    # Small integers: every GEMM is exact, so equal scores are real ties. Then make the
+    # positives' own GEMM "round" one ulp lower than the pass's tiles, as a BLAS that picks
+    # another kernel for another shape may do. The ranks must be those of the one matrix the
+    # pass claims to rank: the scores with every positive replaced by its lowered value.
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(-2, 3, (7, 4), generator=g).float()
+    txt = torch.randint(-2, 3, (20, 4), generator=g).float()
+    txt2img = torch.arange(20) % 7
+    exact = ranking._positive_scores
+
+    def lowered(*args: object) -> torch.Tensor:
+        q = exact(*args)
+        return torch.nextafter(q, torch.full_like(q, -float("inf")))
+
+    monkeypatch.setattr(ranking, "_positive_scores", lowered)
+    got = retrieval_ranks_from_embeddings(img, txt, txt2img, chunk_size=chunk_size)
+    sims = img @ txt.T
+    own = sims[txt2img, torch.arange(20)]
+    sims[txt2img, torch.arange(20)] = torch.nextafter(own, torch.full_like(own, -float("inf")))
+    want = retrieval_ranks(sims, txt2img)
+    assert [r.tolist() for r in got] == [r.tolist() for r in want]

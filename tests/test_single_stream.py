@@ -148,6 +148,32 @@ def test_losses_have_their_own_keys_and_train(head):
         assert m.encode_text(text_batch([2, 3])).shape == (2, 16)
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_itc_similarities_drive_the_itm_negatives_only_when_asked(hard, monkeypatch):
+    import baselines.single_stream as module
+
+    torch.manual_seed(0)
+    m = build_single_stream(tiny_cfg(contrastive_head=True,
+                                     itc={"embed_dim": 16, "hard_negatives": hard}),
+                            vocab_size=VOCAB)
+    weights = []
+    draw = module.sample_negatives
+
+    def spy(same, logits=None, generator=None):
+        weights.append(logits)
+        return draw(same, logits, generator)
+
+    monkeypatch.setattr(module, "sample_negatives", spy)
+    losses = m.losses(train_batch())
+    assert set(losses) == {"itm", "mlm", "itc"}  # the ITC loss trains either way
+    assert len(weights) == 2  # one draw of negative captions, one of negative images
+    if hard:  # ALBEF: the draw follows the ITC similarities, one direction each
+        assert all(w is not None and w.shape == (6, 6) for w in weights)
+        torch.testing.assert_close(weights[0], weights[1].t())
+    else:  # ViLT: uniform over the other images' captions
+        assert weights == [None, None]
+
+
 def test_itc_pooling_option():
     m = build_single_stream(tiny_cfg(contrastive_head=True, itc={"embed_dim": 8,
                                                                   "pool": "embeddings"}),
@@ -254,8 +280,16 @@ def test_configs_compose_for_both_scales():
     assert smoke["image_size"] == 64 and smoke["joint"]["kwargs"]["img_size"] == 64
     assert {"mean", "std", "train_inputs"} <= set(smoke) and "special_ids" not in smoke
     m = build_single_stream(smoke, vocab_size=300)
-    assert isinstance(m, SingleStream) and not isinstance(m, SingleStreamITC)
+    # The smoke size is the from-scratch recipe (configs/size/single_stream_smoke.yaml):
+    # a CNN grid (4x4 + class token), the contrastive head with uniform ITM negatives, the
+    # product head, log-odds ranking; paper scale keeps ViLT's own choices.
+    assert isinstance(m, SingleStreamITC) and not m.hard_negatives
+    assert (m.itm_pool, m.itm_score) == ("product", "logprob")
     assert m.image_features(torch.zeros(1, 3, 64, 64)).tokens.shape == (1, 17, 96)
+    vilt = build_single_stream({**to_plain(paper), "joint": {**to_plain(paper.joint),
+                                "pretrained_path": None}}, vocab_size=300)
+    assert not isinstance(vilt, SingleStreamITC) and (vilt.itm_pool, vilt.itm_score) == (
+        "cls", "logit")
 
 
 def test_flops_split_cached_features_from_the_first_stage_head():
@@ -380,18 +414,25 @@ def test_fuse_at_must_leave_a_fusion_block():
         _fused(-1)
 
 
-def test_product_pooling_multiplies_the_text_and_image_means():
+def test_product_pooling_multiplies_each_modality_pooled_on_its_own():
     m = _fused(1, itm_pool="product")
-    seen = []
-    m.pooler.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    seen = {}
+    for part in ("text", "image"):
+        m.pooler[part].register_forward_hook(
+            lambda mod, args, out, part=part: seen.update({part: (args[0], out)}))
+    head_in = []
+    m.itm_head.register_forward_hook(lambda mod, args, out: head_in.append(args[0]))
     img = m.image_features(torch.randn(2, 3, 32, 32))
     text = m.text_features(text_batch([3, 2], width=8))
     a = m.score_pairs(img, text)
     hidden, mask = m.joint(img, text)
     n_text = hidden.shape[1] - img.tokens.shape[1]
     w = mask[:, :n_text, None].float()
-    expected = (hidden[:, :n_text] * w).sum(1) / w.sum(1) * hidden[:, n_text:].mean(1)
-    torch.testing.assert_close(seen[0], expected)
+    torch.testing.assert_close(seen["text"][0], (hidden[:, :n_text] * w).sum(1) / w.sum(1))
+    torch.testing.assert_close(seen["image"][0], hidden[:, n_text:].mean(1))
+    # Two poolers with their own weights (ViLBERT's), then the element-wise product.
+    assert not torch.equal(m.pooler["text"][0].weight, m.pooler["image"][0].weight)
+    torch.testing.assert_close(head_in[0], seen["text"][1] * seen["image"][1])
     # Padding stays out of the text mean.
     torch.testing.assert_close(a, m.score_pairs(img, m.text_features(text_batch([3, 2], width=14))),
                                rtol=1e-5, atol=1e-5)

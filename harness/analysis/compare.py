@@ -255,7 +255,10 @@ def paired_seeds(pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]],
         if not recs:
             continue
         diff = float(np.mean([r["diff"] for r in recs]))
-        side = [(r["low"] > 0) if diff > 0 else (r["high"] < 0) for r in recs]
+        # A pair counts on the side of the mean; a mean of exactly 0 has no side, so seeds
+        # that disagree in sign (one above 0, one below) never read as significant.
+        side = [(r["low"] > 0) if diff > 0 else (r["high"] < 0) if diff < 0 else False
+                for r in recs]
         one = len(recs) == 1
         summary[metric] = {"diff": diff, "low": recs[0]["low"] if one else np.nan,
                            "high": recs[0]["high"] if one else np.nan,
