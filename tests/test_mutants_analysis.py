@@ -20,7 +20,14 @@ from table_cells import markdown_rows
 from test_table_stats import GRID, N_IMAGES, N_TEXTS, TITLE, _ranks, _stage, _tables
 from test_table_stats import _run as _eval_run
 
-from harness.analysis.cells import seed_of, status_text
+from harness.analysis.cells import (
+    distinguishing_overrides,
+    row_intervals,
+    seed_of,
+    sig,
+    status_text,
+    without_seed,
+)
 from harness.analysis.compare import (
     COLUMNS,
     _summary,
@@ -94,10 +101,65 @@ def test_a_longer_failure_is_cut_to_89_characters_and_an_ellipsis(length: int) -
     ("model=clip; seed=-1", -1),      # a negative seed is a seed
     ("seeds=2; model=clip", None),    # another key that starts with "seed"
     ("seed=abc", None),
+    ("seed=X1", None),                # a value that is not an integer, whatever it starts with
+    ("Xseed=7", None),                # only Hydra's + and ~ prefixes are taken off the key
     ("", None),
 ])
 def test_the_seed_of_a_row_is_read_from_its_overrides(overrides: str, seed: int | None) -> None:
     assert seed_of({"overrides": overrides}) == seed
+
+
+def test_a_missing_stage_says_which_other_configs_ran_it() -> None:
+    # collect puts the names of finished runs of the stage under other configs in "error".
+    others = "runs of this stage under other configs exist: eval-clip-coco-1a2b3c4d"
+    assert status_text({"status": "missing", "error": others}) == (
+        f"missing: never run (no run directory); {others}")
+    assert status_text({"status": "missing", "error": None}) == (
+        "missing: never run (no run directory)")
+
+
+def test_a_status_the_table_has_no_words_for_is_printed_as_it_is() -> None:
+    assert status_text({"status": "queued", "error": None}) == "queued"
+
+
+@pytest.mark.parametrize(("value", "cell"), [
+    (None, ""), (math.nan, ""),      # a missing value prints nothing
+    (0, "0"), (0.0, "0"),            # zero is no small number to print in exponent form
+    (1e-4, "0.0001"),                # the smallest value printed in decimals
+    (5e-5, "5.0e-05"), (-3e-5, "-3.0e-05"),  # smaller ones in exponent form, two digits
+])
+def test_sig_prints_missing_zero_and_tiny_values(value: Any, cell: str) -> None:
+    assert sig(value) == cell
+
+
+def test_a_table_without_rows_has_no_distinguishing_overrides() -> None:
+    assert distinguishing_overrides(pd.DataFrame(columns=["stage_id", "overrides"])) == {}
+
+
+def test_the_distinguishing_overrides_of_a_row_are_joined_by_a_space() -> None:
+    rows = pd.DataFrame({"stage_id": ["a", "b"],
+                         "overrides": ["model=x; lr=0.1; layers=2", "model=x; lr=0.2; layers=4"]})
+    assert distinguishing_overrides(rows) == {"a": "lr=0.1 layers=2", "b": "lr=0.2 layers=4"}
+
+
+@pytest.mark.parametrize(("variant", "left"), [
+    ("model.layers=2 seed=3 lr=0.1", "model.layers=2 lr=0.1"),
+    ("+seed=1 lr=0.1", "lr=0.1"),     # Hydra's append prefix
+    ("++seed=1 lr=0.1", "lr=0.1"),    # and its force-add prefix
+    ("seed=a=b lr=0.1", "lr=0.1"),    # the key is what precedes the first "="
+    ("Xseed=1 lr=0.1", "Xseed=1 lr=0.1"),  # another key that ends in "seed"
+])
+def test_a_variant_without_its_seed_keeps_every_other_override(variant: str, left: str) -> None:
+    assert without_seed(variant) == left
+
+
+def test_a_stage_not_done_shows_no_interval_even_with_a_record_on_disk(tmp_path: Path) -> None:
+    run_dir = tmp_path / "eval-clip-synthetic-aaaaaaaa"
+    _eval_run(tmp_path, run_dir.name, "clip", _ranks(0, 0.4))
+    done = {"status": "done", "has_result": True, "run_dir": str(run_dir)}
+    assert row_intervals(done) is not None and "i2t_R@1" in row_intervals(done).bounds
+    # An interrupted re-run leaves the earlier record in place: it is not this stage's result.
+    assert row_intervals({**done, "status": "interrupted"}) is None
 
 
 def test_several_seed_pairs_give_a_mean_difference_and_no_single_interval(
