@@ -633,3 +633,106 @@ def test_unimodal_columns_are_by_direction_then_k_and_undone_rows_carry_no_value
     assert table.sections[0].rows[0][5:-1] == ["5.00", "10.00", "20.00", "30.00"]
     # An interrupted stage's leftover metrics are not its result: empty, in the csv too.
     assert table.data["t2t_R@1"].tolist()[0] == 10.0 and math.isnan(table.data["t2t_R@1"][1])
+
+
+def _cost_rows(table: Any) -> list[dict[str, str]]:
+    """The displayed rows of a one-section table, by column name."""
+    return [dict(zip(table.columns, r)) for r in table.sections[0].rows]
+
+
+def test_flops_and_query_milliseconds_print_three_significant_digits(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **{**EFF, "eff.image_flops": 1.2345e9},
+                            **_cost("coco_1k", "dual", 9.0, query_i2t_s=0.0012345))])
+    row, = _cost_rows(cost_table(df, {"name": "g"}, paper))
+    assert (row["GFLOPs / image"], row["Query i2t (ms)"]) == ("1.23", "1.23")
+
+
+def test_cost_cells_divide_by_exact_powers_of_ten(paper: pd.DataFrame) -> None:
+    # Each scaled value is an exact decimal tie (1.1875, 1.375), so a divisor a hair off
+    # 10^6 / 10^9 / 10^12 rounds it the other way.
+    eff = {"eff.params_total": 1_187_500, "eff.image_flops": 1.375e9,
+           "eff.text_flops": 1.375e9, "eff.pair_flops": 1.375e9}
+    df = pd.DataFrame([_row("eval-ss-1", "single_stream", **eff,
+                            **_cost("coco_1k", "full_scoring", 9.0, flops=1.375e12))])
+    row, = _cost_rows(cost_table(df, {"name": "g"}, paper))
+    assert [row[c] for c in ("Params (M)", "GFLOPs / image", "GFLOPs / text", "GFLOPs / pair",
+                             "Protocol TFLOPs")] == ["1.188", "1.38", "1.38", "1.38", "1.38"]
+
+
+def test_a_stage_with_timed_protocols_but_no_efficiency_block_has_a_cost_table(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **_cost("coco_1k", "dual", 12.5))])
+    table = cost_table(df, {"name": "g"}, paper)
+    assert table is not None and _cost_rows(table)[0]["Total (s)"] == "12.5"
+
+
+def test_a_timed_mode_without_a_label_is_printed_by_its_name(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-ss-1", "single_stream", **EFF,
+                            **_cost("coco_1k", "rerank_16", 3.0))])
+    assert _cost_rows(cost_table(df, {"name": "g"}, paper))[0]["Mode"] == "rerank_16"
+
+
+def test_an_eval_run_that_measured_no_seconds_is_not_timed(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **EFF)])
+    row, = _cost_rows(cost_table(df, {"name": "g"}, paper))
+    assert (row["Mode"], row["Index (s)"], row["Total (s)"], row["Timing"]) == (
+        "eval run*", "", "", "not timed")
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_zero_image_flops_get_the_zero_flops_note_after_the_other_gflops_note(
+        paper: pd.DataFrame, varied: bool) -> None:
+    rows = [_row("eval-x-1", "clip", "model.layers=2" if varied else "",
+                 **{**EFF, "eff.image_flops": 0.0}),
+            _row("eval-x-2", "clip", "model.layers=4" if varied else "", **EFF)]
+    table = cost_table(pd.DataFrame(rows), {"name": "g"}, paper)
+    assert ("Variant" in table.columns) is varied
+    assert [r["GFLOPs / image"] for r in _cost_rows(table)] == ["—", "2"]
+    pair_note = "An empty GFLOPs / pair means the model scores no pairs (a dual encoder)."
+    assert table.notes.index(ZERO_FLOPS_NOTE) == table.notes.index(pair_note) + 1 == 3
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_the_cost_tables_number_columns_are_right_aligned_with_or_without_variants(
+        paper: pd.DataFrame, varied: bool) -> None:
+    rows = [_row(f"eval-clip-{i}", "clip", f"model.layers={i}" if varied else "", **EFF,
+                 **_cost("coco_1k", "dual", 9.0)) for i in (1, 2)]
+    table = cost_table(pd.DataFrame(rows), {"name": "g"}, paper)
+    assert ("Variant" in table.columns) is varied
+    assert {table.columns[i] for i in table.numeric} == {
+        "Params (M)", "GFLOPs / image", "GFLOPs / text", "GFLOPs / pair", "Index (s)",
+        "Query i2t (ms)", "Query t2i (ms)", "Total (s)", "Protocol TFLOPs"}
+
+
+def test_ratio_rows_print_both_totals_to_four_digits_and_flag_other_hardware(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **_cost("p1k", "dual", 1.23456, hardware="cpu")),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "full_scoring", 98.7654,
+                                                   hardware="NVIDIA H100")),
+    ])
+    row, = _cost_rows(ratio_table(df, {"name": "g"}, paper))
+    assert (row["Dual total (s)"], row["Cross total (s)"], row["Same hardware"]) == (
+        "1.235", "98.77", "NO")
+
+
+def test_ratio_rows_without_a_published_claim_say_so(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **_cost("p1k", "dual", 0.5)),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "full_scoring", 50.0)),
+    ])
+    table = ratio_table(df, {"name": "g"}, paper[paper["table"] != "claims"])
+    assert _cost_rows(table)[0]["Paper claim"] == "not in results/paper"
+    line = table.data.iloc[0]
+    assert line["ratio"] == 0.01 and line["paper_ratio"] is None and line["paper_status"] is None
+
+
+def test_an_undone_rows_unimodal_cells_are_empty(paper: pd.DataFrame) -> None:
+    metrics = {"metric.t2t_R@1": 10.0, "metric.i2i_R@1": 5.0}
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **metrics),
+                       {**_row("eval-clip-2", "clip", **metrics), "status": "failed",
+                        "error": "CUDA out of memory"}])
+    table = unimodal_table(df, {"name": "g"}, paper)
+    assert [r[5:] for r in table.sections[0].rows] == [
+        ["5.00", "10.00", "done"], ["", "", "failed: CUDA out of memory"]]
