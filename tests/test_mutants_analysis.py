@@ -21,6 +21,7 @@ from test_table_stats import GRID, N_IMAGES, N_TEXTS, TITLE, _ranks, _stage, _ta
 from test_table_stats import _run as _eval_run
 
 from harness.analysis.cells import (
+    PaperRow,
     distinguishing_overrides,
     row_intervals,
     seed_of,
@@ -30,6 +31,7 @@ from harness.analysis.cells import (
 )
 from harness.analysis.compare import (
     COLUMNS,
+    Reference,
     _summary,
     compare_rows,
     load_run,
@@ -40,14 +42,19 @@ from harness.analysis.compare import (
 from harness.analysis.cost_tables import ZERO_FLOPS_NOTE, cost_table, ratio_table, unimodal_table
 from harness.analysis.paper import load_paper_numbers
 from harness.analysis.tables import (
+    _comparison_cells,
+    _delta,
     _harness_cells,
     _not_run_cells,
+    _paper_cells,
     _section_keys,
+    grid_tables,
     not_run_command,
     paper_sections,
     protocol_cell,
     section_heading,
     seed_units,
+    write_tables,
 )
 from harness.eval.retrieval import record_per_query
 from harness.manifest import ManifestStage
@@ -736,3 +743,88 @@ def test_an_undone_rows_unimodal_cells_are_empty(paper: pd.DataFrame) -> None:
     table = unimodal_table(df, {"name": "g"}, paper)
     assert [r[5:] for r in table.sections[0].rows] == [
         ["5.00", "10.00", "done"], ["", "", "failed: CUDA out of memory"]]
+
+
+def _done(stage_id: str, model: str, run_dir: str = "", seed: int | None = None,
+          done: bool = True) -> dict[str, Any]:
+    """A collected eval row for :func:`_comparison_cells` (its run_dir is read only when the
+    row is paired with its reference)."""
+    return {"stage_id": stage_id, "model": model, "run_dir": run_dir or f"/nonexistent/{stage_id}",
+            "overrides": "" if seed is None else f"seed={seed}",
+            "status": "done" if done else "pending", "has_result": done}
+
+
+COOKIE = Reference("cookie", frozenset())
+A, B = ("synthetic", None), ("coco", ("karpathy_test", "finetuned_5k"))
+
+
+def test_every_later_row_gets_its_paired_cell_after_rows_that_have_none() -> None:
+    # In unit order: a row not done (no cell), a section without the reference, the
+    # reference, a row with no seed in common with it, and again a section without one.
+    rows = pd.DataFrame([_done("p", "clip", done=False), _done("b1", "clip"),
+                         _done("ref", "cookie", seed=0), _done("s1", "clip", seed=1),
+                         _done("b2", "clip")])
+    cells, fields = _comparison_cells(rows, [[0], [1], [2], [3], [4]], [A, B, A, A, B],
+                                      {sid: "" for sid in rows["stage_id"]}, COOKIE)
+    none = "no reference row (cookie (no variant override)) in this section"
+    assert cells == {1: none, 2: "reference",
+                     3: "not compared: no seed in common with the reference", 4: none}
+    assert fields == {}
+
+
+def test_the_reference_row_is_the_one_with_the_referenced_variant() -> None:
+    rows = pd.DataFrame([_done("plain", "cookie", seed=0), _done("wst0", "cookie", seed=1)])
+    variants = {"plain": "", "wst0": "model.wst.layers=0"}
+    reference = Reference("cookie", frozenset({"model.wst.layers=0"}))
+    cells, _ = _comparison_cells(rows, [[0], [1]], [A, A], variants, reference)
+    assert cells == {0: "not compared: no seed in common with the reference", 1: "reference"}
+
+
+def test_a_pair_not_evaluated_like_its_reference_is_named_in_the_paired_cell(
+        tmp_path: Path) -> None:
+    ref, row = _run(tmp_path, "eval-cookie-ref", 16), _run(tmp_path, "eval-clip-row", 32)
+    result = Path(row) / "result.json"
+    record = json.loads(result.read_text())
+    record["protocol"]["n_texts"] = 5 * N
+    result.write_text(json.dumps(record))
+    rows = pd.DataFrame([_done("eval-cookie-ref", "cookie", ref),
+                         _done("eval-clip-row", "clip", row)])
+    cells, _ = _comparison_cells(rows, [[0], [1]], [A, A], {"eval-cookie-ref": "",
+                                                             "eval-clip-row": ""}, COOKIE)
+    assert cells[1] == (f"not compared: eval-clip-row and eval-cookie-ref were not evaluated on "
+                        f"the same split and protocol (n_texts: {5 * N} vs {N}): no paired "
+                        "comparison")
+
+
+def test_rows_that_are_no_harness_result_have_a_dash_in_the_variant_column() -> None:
+    grid = {"name": "table2"}
+    assert _not_run_cells("coco", grid, variant=True)[:6] == ["harness", "—", "—", "—", "—", "—"]
+    prow = PaperRow("table2", "COOKIE", values={"i2t_R@1": 50.0},
+                    statuses={"i2t_R@1": "sourced"})
+    assert _paper_cells(prow, "finetuned", "finetuned_5k", variant=True)[:7] == [
+        "paper", "COOKIE", "—", "published", "finetuned", "finetuned_5k", "50.0"]
+
+
+def test_the_delta_to_a_paper_row_covers_only_metrics_both_report() -> None:
+    prow = PaperRow("table2", "COOKIE", values={"i2t_R@1": 50.0, "t2i_R@1": 40.0},
+                    statuses={"i2t_R@1": "sourced", "t2i_R@1": "sourced"})
+    row = {"metric.i2t_R@1": 52.5, "metric.t2i_R@1": math.nan, "metric.rsum": 400.0}
+    assert _delta(row, prow) == {"i2t_R@1": 2.5}
+
+
+def test_a_grid_picks_its_table_kinds_by_name(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **EFF, **{
+        "metric.t2t_R@1": 10.0, "protocol.n_images": 50, "protocol.n_texts": 250,
+        "split": "test", "regime": "finetuned", **{f"metric.{m}": 1.0 for m in (
+            "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")}})])
+    tables = grid_tables(df, {"name": "g", "tables": ["unimodal", "retrieval", "cost"]}, paper)
+    assert [t.stem for t in tables] == ["g_unimodal", "g_retrieval", "g_cost"]
+
+
+def test_write_tables_uses_the_published_numbers_it_is_given(
+        tmp_path: Path, paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **_cost("p1k", "dual", 0.5)),
+                       _row("eval-ss-2", "single_stream", **_cost("p1k", "full_scoring", 50.0))])
+    grid = {"name": "g", "tables": ["ratio"]}
+    write_tables(df, grid, tmp_path, paper[paper["table"] != "claims"])
+    assert "| not in results/paper |" in (tmp_path / "tables" / "g.md").read_text()
