@@ -21,6 +21,7 @@ from test_table_stats import GRID, N_IMAGES, N_TEXTS, TITLE, _ranks, _stage, _ta
 from test_table_stats import _run as _eval_run
 
 from harness.analysis.cells import (
+    METRICS,
     PaperRow,
     distinguishing_overrides,
     row_intervals,
@@ -58,6 +59,7 @@ from harness.analysis.tables import (
 )
 from harness.eval.retrieval import record_per_query
 from harness.manifest import ManifestStage
+from harness.record import read_record
 
 N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
 PROTOCOL = {"dataset": "synthetic", "split": "test", "n_images": N, "n_texts": N}
@@ -828,3 +830,53 @@ def test_write_tables_uses_the_published_numbers_it_is_given(
     grid = {"name": "g", "tables": ["ratio"]}
     write_tables(df, grid, tmp_path, paper[paper["table"] != "claims"])
     assert "| not in results/paper |" in (tmp_path / "tables" / "g.md").read_text()
+
+
+def test_a_section_published_with_text_to_image_rows_only_is_a_section() -> None:
+    paper = pd.DataFrame({"table": ["t1", "t1"], "dataset": ["coco", "flickr30k"],
+                          "split": ["karpathy_test"] * 2,
+                          "protocol": ["finetuned_5k", "finetuned_1k"], "direction": ["t2i", "i2t"]})
+    assert paper_sections(paper, "t1") == [("coco", ("karpathy_test", "finetuned_5k")),
+                                           ("flickr30k", ("karpathy_test", "finetuned_1k"))]
+
+
+def test_a_section_with_results_on_no_published_protocol_says_so_by_default() -> None:
+    assert section_heading("coco", None, "val") == (
+        "coco — split val: not a published protocol: no paper counterpart, paper columns empty")
+
+
+def _seed_unit(root: Path, values: dict[str, list[float]]) -> pd.DataFrame:
+    """Done eval rows (one per seed) with these metric values, each with its run record."""
+    rows = []
+    for s in range(len(next(iter(values.values())))):
+        name = f"eval-clip-synthetic-{s:08d}"
+        _eval_run(root, name, "clip", _ranks(20 + s, 0.4))
+        rows.append({"stage_id": name, "model": "clip", "scale": "smoke", "regime": "finetuned",
+                     "status": "done", "has_result": True, "run_dir": str(root / name),
+                     "overrides": f"seed={s}", **GALLERY,
+                     **{f"metric.{m}": v[s] for m, v in values.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_two_seeds_are_a_mean_with_std_and_their_mean_interval(tmp_path: Path) -> None:
+    unit = _seed_unit(tmp_path, {m: [10.0, 20.0] for m in METRICS})
+    cells, fields = _harness_cells(unit, None)
+    bounds = [read_record(Path(d)).intervals.bounds["i2t_R@1"] for d in unit["run_dir"]]
+    low, high = (bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2
+    assert cells[5] == f"15.00 ± 7.07 [{low:.1f}, {high:.1f}]"
+    assert (fields["i2t_R@1"], fields["i2t_R@1_low"], fields["i2t_R@1_high"]) == pytest.approx(
+        (15.0, low, high))
+    assert fields["i2t_R@1_std"] == pytest.approx(math.sqrt(50))
+    assert (fields["n_seeds"], fields["seeds"]) == (2, "0 1")
+    assert cells[-2] == "done; mean ± std over n=2 seeds (0, 1)"
+
+
+def test_a_metric_a_done_row_lacks_is_an_empty_cell_before_the_others() -> None:
+    # A row without a run record (no interval) and without i2t R@1: its other metrics print.
+    unit = pd.DataFrame([{"stage_id": "eval-x", "model": "clip", "status": "done",
+                          "has_result": True, "run_dir": None, **GALLERY,
+                          **{f"metric.{m}": math.nan if m == "i2t_R@1" else 1.0
+                             for m in METRICS}}])
+    cells, fields = _harness_cells(unit, None)
+    assert cells[5:12] == ["", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00"]
+    assert "i2t_R@1" not in fields and fields["rsum"] == 1.0
