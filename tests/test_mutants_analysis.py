@@ -53,6 +53,7 @@ from harness.analysis.tables import (
     not_run_command,
     paper_sections,
     protocol_cell,
+    retrieval_table,
     section_heading,
     seed_units,
     write_tables,
@@ -880,3 +881,31 @@ def test_a_metric_a_done_row_lacks_is_an_empty_cell_before_the_others() -> None:
     cells, fields = _harness_cells(unit, None)
     assert cells[5:12] == ["", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00"]
     assert "i2t_R@1" not in fields and fields["rsum"] == 1.0
+
+
+def _eval_row(stage_id: str, model: str, dataset: str, split: str, **fields: Any
+              ) -> dict[str, Any]:
+    """A done eval row of the collected frame with every table metric (no run record)."""
+    return {**_row(stage_id, model, dataset=dataset, split=split, regime="finetuned",
+                   run_dir=None, **GALLERY), **{f"metric.{m}": 1.0 for m in METRICS}, **fields}
+
+
+def test_a_paper_dataset_off_the_published_protocols_is_still_a_paper_dataset(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row("eval-clip-coco-1", "clip", "coco", "val"),
+                       _eval_row("eval-clip-synthetic-2", "clip", "synthetic", "test")])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    assert [s.heading for s in table.sections] == [
+        "coco — split val: not a published protocol: no paper counterpart, paper columns empty",
+        "synthetic — not a dataset of the paper (no published rows in results/paper/): no "
+        "paper counterpart, paper columns empty"]
+
+
+def test_a_first_stage_without_a_label_is_named_by_its_stage_id(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _eval_row("eval-clip-1", "clip", "synthetic", "test", label=math.nan),
+        _eval_row("eval-cookie-2", "cookie", "synthetic", "test", label="eval:cookie:synthetic",
+                  **{"protocol.rerank_k": 4, "protocol.first_stage": "eval-clip-1"})])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    protocols = [dict(zip(table.columns, r))["Protocol / gallery"] for r in table.sections[0].rows]
+    assert protocols == ["1000 img / 5000 txt", "1000 img / 5000 txt; top-4 rerank of eval-clip-1"]
