@@ -909,3 +909,77 @@ def test_a_first_stage_without_a_label_is_named_by_its_stage_id(paper: pd.DataFr
     table = retrieval_table(df, {"name": "g"}, paper)
     protocols = [dict(zip(table.columns, r))["Protocol / gallery"] for r in table.sections[0].rows]
     assert protocols == ["1000 img / 5000 txt", "1000 img / 5000 txt; top-4 rerank of eval-clip-1"]
+
+
+COCO_5K = {"protocol.n_images": 5000, "protocol.n_texts": 25000}
+
+
+def _by_source(table: Any, heading_start: str) -> list[dict[str, str]]:
+    """The rows of the section whose heading starts so, by column name."""
+    section = next(s for s in table.sections if s.heading.startswith(heading_start))
+    return [dict(zip(table.columns, r)) for r in section.rows]
+
+
+def test_done_rows_of_one_dataset_on_two_protocols_are_two_sections() -> None:
+    rows = pd.DataFrame([{"dataset": "coco", "split": "test", "regime": "finetuned",
+                          "protocol.n_images": n, "status": "done", "has_result": True}
+                         for n in (5000, 1000)])
+    assert _section_keys(rows) == [("coco", ("karpathy_test", "finetuned_5k")),
+                                   ("coco", ("karpathy_test", "finetuned_1k"))]
+
+
+def test_a_section_after_one_without_a_paper_protocol_gets_its_paper_row_and_delta(
+        paper: pd.DataFrame) -> None:
+    # The synthetic section comes first and joins no published protocol; the COCO 5K one
+    # after it still gets COOKIE's published row and the Δ row, with a dash under Variant and
+    # an empty cell for the metric the harness row lacks.
+    df = pd.DataFrame([
+        _eval_row("eval-clip-synthetic-1", "clip", "synthetic", "test"),
+        _eval_row("eval-cookie-coco-2", "cookie", "coco", "test", scale="paper",
+                  overrides="model.wst.layers=0", **COCO_5K, **{"metric.i2t_R@1": math.nan})])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    paper_row, harness, delta = _by_source(table, "COCO")
+    assert (paper_row["Source"], harness["Source"], delta["Source"]) == (
+        "paper", "harness", "Δ vs paper")
+    assert (paper_row["i2t R@5"], harness["i2t R@5"], delta["i2t R@5"]) == (
+        "90.9†", "1.00", "-89.90")
+    assert (harness["i2t R@1"], delta["i2t R@1"], delta["Variant"]) == ("", "", "—")
+
+
+def test_seeds_of_a_paper_scale_model_get_no_delta_row(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row(f"eval-cookie-coco-{s}", "cookie", "coco", "test",
+                                 scale="paper", overrides=f"seed={s}", **COCO_5K)
+                       for s in (0, 1)])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    assert [r["Source"] for r in _by_source(table, "COCO")] == ["paper", "harness"]
+
+
+def test_a_not_run_published_section_has_a_full_row_and_a_harness_csv_line(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row(f"eval-cookie-coco-{i}", "cookie", "coco", "test",
+                                 overrides=f"model.wst.layers={i}", **COCO_5K)
+                       for i in (0, 2)])
+    table = retrieval_table(df, {"name": "g", "paper_table": "table2"}, paper)
+    assert "Variant" in table.columns
+    not_run = [r for r in _by_source(table, "Flickr30K") if r["Status"].startswith("not run")]
+    assert len(not_run) == 1 and len(not_run[0]) == len(table.columns)
+    assert [not_run[0][c] for c in ("Source", "Model", "Variant", "Scale")] == [
+        "harness", "—", "—", "—"]
+    line = table.data[table.data["status"].str.startswith("not run", na=False)]
+    assert line[["source", "model", "section_dataset"]].values.tolist() == [
+        ["harness", "", "flickr30k"]]
+
+
+def test_a_harness_row_without_numbers_has_an_empty_paired_cell(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row("eval-cookie-1", "cookie", "synthetic", "test"),
+                       {**_eval_row("eval-clip-2", "clip", "synthetic", "test"),
+                        "status": "pending", "has_result": False}])
+    table = retrieval_table(df, {"name": "g", "reference": {"model": "cookie"}}, paper)
+    cells = [r["Paired Δ vs reference"] for r in _by_source(table, "synthetic")]
+    assert cells == ["reference", ""]
+
+
+def test_a_claim_is_printed_whole_in_the_title(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row("eval-clip-1", "clip", "synthetic", "test")])
+    table = retrieval_table(df, {"name": "g", "claim": "as fast as model X"}, paper)
+    assert table.title == "g: cross-modal retrieval — as fast as model X"
