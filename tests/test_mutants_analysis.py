@@ -20,9 +20,19 @@ from table_cells import markdown_rows
 from test_table_stats import GRID, N_IMAGES, N_TEXTS, TITLE, _ranks, _stage, _tables
 from test_table_stats import _run as _eval_run
 
-from harness.analysis.cells import seed_of, status_text
+from harness.analysis.cells import (
+    METRICS,
+    PaperRow,
+    distinguishing_overrides,
+    row_intervals,
+    seed_of,
+    sig,
+    status_text,
+    without_seed,
+)
 from harness.analysis.compare import (
     COLUMNS,
+    Reference,
     _summary,
     compare_rows,
     load_run,
@@ -33,17 +43,24 @@ from harness.analysis.compare import (
 from harness.analysis.cost_tables import ZERO_FLOPS_NOTE, cost_table, ratio_table, unimodal_table
 from harness.analysis.paper import load_paper_numbers
 from harness.analysis.tables import (
+    _comparison_cells,
+    _delta,
     _harness_cells,
     _not_run_cells,
+    _paper_cells,
     _section_keys,
+    grid_tables,
     not_run_command,
     paper_sections,
     protocol_cell,
+    retrieval_table,
     section_heading,
     seed_units,
+    write_tables,
 )
 from harness.eval.retrieval import record_per_query
 from harness.manifest import ManifestStage
+from harness.record import read_record
 
 N = 128  # queries per run: multiples of 1/128 are exact, so differences add up exactly
 PROTOCOL = {"dataset": "synthetic", "split": "test", "n_images": N, "n_texts": N}
@@ -94,10 +111,65 @@ def test_a_longer_failure_is_cut_to_89_characters_and_an_ellipsis(length: int) -
     ("model=clip; seed=-1", -1),      # a negative seed is a seed
     ("seeds=2; model=clip", None),    # another key that starts with "seed"
     ("seed=abc", None),
+    ("seed=X1", None),                # a value that is not an integer, whatever it starts with
+    ("Xseed=7", None),                # only Hydra's + and ~ prefixes are taken off the key
     ("", None),
 ])
 def test_the_seed_of_a_row_is_read_from_its_overrides(overrides: str, seed: int | None) -> None:
     assert seed_of({"overrides": overrides}) == seed
+
+
+def test_a_missing_stage_says_which_other_configs_ran_it() -> None:
+    # collect puts the names of finished runs of the stage under other configs in "error".
+    others = "runs of this stage under other configs exist: eval-clip-coco-1a2b3c4d"
+    assert status_text({"status": "missing", "error": others}) == (
+        f"missing: never run (no run directory); {others}")
+    assert status_text({"status": "missing", "error": None}) == (
+        "missing: never run (no run directory)")
+
+
+def test_a_status_the_table_has_no_words_for_is_printed_as_it_is() -> None:
+    assert status_text({"status": "queued", "error": None}) == "queued"
+
+
+@pytest.mark.parametrize(("value", "cell"), [
+    (None, ""), (math.nan, ""),      # a missing value prints nothing
+    (0, "0"), (0.0, "0"),            # zero is no small number to print in exponent form
+    (1e-4, "0.0001"),                # the smallest value printed in decimals
+    (5e-5, "5.0e-05"), (-3e-5, "-3.0e-05"),  # smaller ones in exponent form, two digits
+])
+def test_sig_prints_missing_zero_and_tiny_values(value: Any, cell: str) -> None:
+    assert sig(value) == cell
+
+
+def test_a_table_without_rows_has_no_distinguishing_overrides() -> None:
+    assert distinguishing_overrides(pd.DataFrame(columns=["stage_id", "overrides"])) == {}
+
+
+def test_the_distinguishing_overrides_of_a_row_are_joined_by_a_space() -> None:
+    rows = pd.DataFrame({"stage_id": ["a", "b"],
+                         "overrides": ["model=x; lr=0.1; layers=2", "model=x; lr=0.2; layers=4"]})
+    assert distinguishing_overrides(rows) == {"a": "lr=0.1 layers=2", "b": "lr=0.2 layers=4"}
+
+
+@pytest.mark.parametrize(("variant", "left"), [
+    ("model.layers=2 seed=3 lr=0.1", "model.layers=2 lr=0.1"),
+    ("+seed=1 lr=0.1", "lr=0.1"),     # Hydra's append prefix
+    ("++seed=1 lr=0.1", "lr=0.1"),    # and its force-add prefix
+    ("seed=a=b lr=0.1", "lr=0.1"),    # the key is what precedes the first "="
+    ("Xseed=1 lr=0.1", "Xseed=1 lr=0.1"),  # another key that ends in "seed"
+])
+def test_a_variant_without_its_seed_keeps_every_other_override(variant: str, left: str) -> None:
+    assert without_seed(variant) == left
+
+
+def test_a_stage_not_done_shows_no_interval_even_with_a_record_on_disk(tmp_path: Path) -> None:
+    run_dir = tmp_path / "eval-clip-synthetic-aaaaaaaa"
+    _eval_run(tmp_path, run_dir.name, "clip", _ranks(0, 0.4))
+    done = {"status": "done", "has_result": True, "run_dir": str(run_dir)}
+    assert row_intervals(done) is not None and "i2t_R@1" in row_intervals(done).bounds
+    # An interrupted re-run leaves the earlier record in place: it is not this stage's result.
+    assert row_intervals({**done, "status": "interrupted"}) is None
 
 
 def test_several_seed_pairs_give_a_mean_difference_and_no_single_interval(
@@ -571,3 +643,343 @@ def test_unimodal_columns_are_by_direction_then_k_and_undone_rows_carry_no_value
     assert table.sections[0].rows[0][5:-1] == ["5.00", "10.00", "20.00", "30.00"]
     # An interrupted stage's leftover metrics are not its result: empty, in the csv too.
     assert table.data["t2t_R@1"].tolist()[0] == 10.0 and math.isnan(table.data["t2t_R@1"][1])
+
+
+def _cost_rows(table: Any) -> list[dict[str, str]]:
+    """The displayed rows of a one-section table, by column name."""
+    return [dict(zip(table.columns, r)) for r in table.sections[0].rows]
+
+
+def test_flops_and_query_milliseconds_print_three_significant_digits(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **{**EFF, "eff.image_flops": 1.2345e9},
+                            **_cost("coco_1k", "dual", 9.0, query_i2t_s=0.0012345))])
+    row, = _cost_rows(cost_table(df, {"name": "g"}, paper))
+    assert (row["GFLOPs / image"], row["Query i2t (ms)"]) == ("1.23", "1.23")
+
+
+def test_cost_cells_divide_by_exact_powers_of_ten(paper: pd.DataFrame) -> None:
+    # Each scaled value is an exact decimal tie (1.1875, 1.375), so a divisor a hair off
+    # 10^6 / 10^9 / 10^12 rounds it the other way.
+    eff = {"eff.params_total": 1_187_500, "eff.image_flops": 1.375e9,
+           "eff.text_flops": 1.375e9, "eff.pair_flops": 1.375e9}
+    df = pd.DataFrame([_row("eval-ss-1", "single_stream", **eff,
+                            **_cost("coco_1k", "full_scoring", 9.0, flops=1.375e12))])
+    row, = _cost_rows(cost_table(df, {"name": "g"}, paper))
+    assert [row[c] for c in ("Params (M)", "GFLOPs / image", "GFLOPs / text", "GFLOPs / pair",
+                             "Protocol TFLOPs")] == ["1.188", "1.38", "1.38", "1.38", "1.38"]
+
+
+def test_a_stage_with_timed_protocols_but_no_efficiency_block_has_a_cost_table(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **_cost("coco_1k", "dual", 12.5))])
+    table = cost_table(df, {"name": "g"}, paper)
+    assert table is not None and _cost_rows(table)[0]["Total (s)"] == "12.5"
+
+
+def test_a_timed_mode_without_a_label_is_printed_by_its_name(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-ss-1", "single_stream", **EFF,
+                            **_cost("coco_1k", "rerank_16", 3.0))])
+    assert _cost_rows(cost_table(df, {"name": "g"}, paper))[0]["Mode"] == "rerank_16"
+
+
+def test_an_eval_run_that_measured_no_seconds_is_not_timed(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **EFF)])
+    row, = _cost_rows(cost_table(df, {"name": "g"}, paper))
+    assert (row["Mode"], row["Index (s)"], row["Total (s)"], row["Timing"]) == (
+        "eval run*", "", "", "not timed")
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_zero_image_flops_get_the_zero_flops_note_after_the_other_gflops_note(
+        paper: pd.DataFrame, varied: bool) -> None:
+    rows = [_row("eval-x-1", "clip", "model.layers=2" if varied else "",
+                 **{**EFF, "eff.image_flops": 0.0}),
+            _row("eval-x-2", "clip", "model.layers=4" if varied else "", **EFF)]
+    table = cost_table(pd.DataFrame(rows), {"name": "g"}, paper)
+    assert ("Variant" in table.columns) is varied
+    assert [r["GFLOPs / image"] for r in _cost_rows(table)] == ["—", "2"]
+    pair_note = "An empty GFLOPs / pair means the model scores no pairs (a dual encoder)."
+    assert table.notes.index(ZERO_FLOPS_NOTE) == table.notes.index(pair_note) + 1 == 3
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_the_cost_tables_number_columns_are_right_aligned_with_or_without_variants(
+        paper: pd.DataFrame, varied: bool) -> None:
+    rows = [_row(f"eval-clip-{i}", "clip", f"model.layers={i}" if varied else "", **EFF,
+                 **_cost("coco_1k", "dual", 9.0)) for i in (1, 2)]
+    table = cost_table(pd.DataFrame(rows), {"name": "g"}, paper)
+    assert ("Variant" in table.columns) is varied
+    assert {table.columns[i] for i in table.numeric} == {
+        "Params (M)", "GFLOPs / image", "GFLOPs / text", "GFLOPs / pair", "Index (s)",
+        "Query i2t (ms)", "Query t2i (ms)", "Total (s)", "Protocol TFLOPs"}
+
+
+def test_ratio_rows_print_both_totals_to_four_digits_and_flag_other_hardware(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **_cost("p1k", "dual", 1.23456, hardware="cpu")),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "full_scoring", 98.7654,
+                                                   hardware="NVIDIA H100")),
+    ])
+    row, = _cost_rows(ratio_table(df, {"name": "g"}, paper))
+    assert (row["Dual total (s)"], row["Cross total (s)"], row["Same hardware"]) == (
+        "1.235", "98.77", "NO")
+
+
+def test_ratio_rows_without_a_published_claim_say_so(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _row("eval-clip-1", "clip", **_cost("p1k", "dual", 0.5)),
+        _row("eval-ss-2", "single_stream", **_cost("p1k", "full_scoring", 50.0)),
+    ])
+    table = ratio_table(df, {"name": "g"}, paper[paper["table"] != "claims"])
+    assert _cost_rows(table)[0]["Paper claim"] == "not in results/paper"
+    line = table.data.iloc[0]
+    assert line["ratio"] == 0.01 and line["paper_ratio"] is None and line["paper_status"] is None
+
+
+def test_an_undone_rows_unimodal_cells_are_empty(paper: pd.DataFrame) -> None:
+    metrics = {"metric.t2t_R@1": 10.0, "metric.i2i_R@1": 5.0}
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **metrics),
+                       {**_row("eval-clip-2", "clip", **metrics), "status": "failed",
+                        "error": "CUDA out of memory"}])
+    table = unimodal_table(df, {"name": "g"}, paper)
+    assert [r[5:] for r in table.sections[0].rows] == [
+        ["5.00", "10.00", "done"], ["", "", "failed: CUDA out of memory"]]
+
+
+def _done(stage_id: str, model: str, run_dir: str = "", seed: int | None = None,
+          done: bool = True) -> dict[str, Any]:
+    """A collected eval row for :func:`_comparison_cells` (its run_dir is read only when the
+    row is paired with its reference)."""
+    return {"stage_id": stage_id, "model": model, "run_dir": run_dir or f"/nonexistent/{stage_id}",
+            "overrides": "" if seed is None else f"seed={seed}",
+            "status": "done" if done else "pending", "has_result": done}
+
+
+COOKIE = Reference("cookie", frozenset())
+A, B = ("synthetic", None), ("coco", ("karpathy_test", "finetuned_5k"))
+
+
+def test_every_later_row_gets_its_paired_cell_after_rows_that_have_none() -> None:
+    # In unit order: a row not done (no cell), a section without the reference, the
+    # reference, a row with no seed in common with it, and again a section without one.
+    rows = pd.DataFrame([_done("p", "clip", done=False), _done("b1", "clip"),
+                         _done("ref", "cookie", seed=0), _done("s1", "clip", seed=1),
+                         _done("b2", "clip")])
+    cells, fields = _comparison_cells(rows, [[0], [1], [2], [3], [4]], [A, B, A, A, B],
+                                      {sid: "" for sid in rows["stage_id"]}, COOKIE)
+    none = "no reference row (cookie (no variant override)) in this section"
+    assert cells == {1: none, 2: "reference",
+                     3: "not compared: no seed in common with the reference", 4: none}
+    assert fields == {}
+
+
+def test_the_reference_row_is_the_one_with_the_referenced_variant() -> None:
+    rows = pd.DataFrame([_done("plain", "cookie", seed=0), _done("wst0", "cookie", seed=1)])
+    variants = {"plain": "", "wst0": "model.wst.layers=0"}
+    reference = Reference("cookie", frozenset({"model.wst.layers=0"}))
+    cells, _ = _comparison_cells(rows, [[0], [1]], [A, A], variants, reference)
+    assert cells == {0: "not compared: no seed in common with the reference", 1: "reference"}
+
+
+def test_a_pair_not_evaluated_like_its_reference_is_named_in_the_paired_cell(
+        tmp_path: Path) -> None:
+    ref, row = _run(tmp_path, "eval-cookie-ref", 16), _run(tmp_path, "eval-clip-row", 32)
+    result = Path(row) / "result.json"
+    record = json.loads(result.read_text())
+    record["protocol"]["n_texts"] = 5 * N
+    result.write_text(json.dumps(record))
+    rows = pd.DataFrame([_done("eval-cookie-ref", "cookie", ref),
+                         _done("eval-clip-row", "clip", row)])
+    cells, _ = _comparison_cells(rows, [[0], [1]], [A, A], {"eval-cookie-ref": "",
+                                                             "eval-clip-row": ""}, COOKIE)
+    assert cells[1] == (f"not compared: eval-clip-row and eval-cookie-ref were not evaluated on "
+                        f"the same split and protocol (n_texts: {5 * N} vs {N}): no paired "
+                        "comparison")
+
+
+def test_rows_that_are_no_harness_result_have_a_dash_in_the_variant_column() -> None:
+    grid = {"name": "table2"}
+    assert _not_run_cells("coco", grid, variant=True)[:6] == ["harness", "—", "—", "—", "—", "—"]
+    prow = PaperRow("table2", "COOKIE", values={"i2t_R@1": 50.0},
+                    statuses={"i2t_R@1": "sourced"})
+    assert _paper_cells(prow, "finetuned", "finetuned_5k", variant=True)[:7] == [
+        "paper", "COOKIE", "—", "published", "finetuned", "finetuned_5k", "50.0"]
+
+
+def test_the_delta_to_a_paper_row_covers_only_metrics_both_report() -> None:
+    prow = PaperRow("table2", "COOKIE", values={"i2t_R@1": 50.0, "t2i_R@1": 40.0},
+                    statuses={"i2t_R@1": "sourced", "t2i_R@1": "sourced"})
+    row = {"metric.i2t_R@1": 52.5, "metric.t2i_R@1": math.nan, "metric.rsum": 400.0}
+    assert _delta(row, prow) == {"i2t_R@1": 2.5}
+
+
+def test_a_grid_picks_its_table_kinds_by_name(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **EFF, **{
+        "metric.t2t_R@1": 10.0, "protocol.n_images": 50, "protocol.n_texts": 250,
+        "split": "test", "regime": "finetuned", **{f"metric.{m}": 1.0 for m in (
+            "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "rsum")}})])
+    tables = grid_tables(df, {"name": "g", "tables": ["unimodal", "retrieval", "cost"]}, paper)
+    assert [t.stem for t in tables] == ["g_unimodal", "g_retrieval", "g_cost"]
+
+
+def test_write_tables_uses_the_published_numbers_it_is_given(
+        tmp_path: Path, paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_row("eval-clip-1", "clip", **_cost("p1k", "dual", 0.5)),
+                       _row("eval-ss-2", "single_stream", **_cost("p1k", "full_scoring", 50.0))])
+    grid = {"name": "g", "tables": ["ratio"]}
+    write_tables(df, grid, tmp_path, paper[paper["table"] != "claims"])
+    assert "| not in results/paper |" in (tmp_path / "tables" / "g.md").read_text()
+
+
+def test_a_section_published_with_text_to_image_rows_only_is_a_section() -> None:
+    paper = pd.DataFrame({"table": ["t1", "t1"], "dataset": ["coco", "flickr30k"],
+                          "split": ["karpathy_test"] * 2,
+                          "protocol": ["finetuned_5k", "finetuned_1k"], "direction": ["t2i", "i2t"]})
+    assert paper_sections(paper, "t1") == [("coco", ("karpathy_test", "finetuned_5k")),
+                                           ("flickr30k", ("karpathy_test", "finetuned_1k"))]
+
+
+def test_a_section_with_results_on_no_published_protocol_says_so_by_default() -> None:
+    assert section_heading("coco", None, "val") == (
+        "coco — split val: not a published protocol: no paper counterpart, paper columns empty")
+
+
+def _seed_unit(root: Path, values: dict[str, list[float]]) -> pd.DataFrame:
+    """Done eval rows (one per seed) with these metric values, each with its run record."""
+    rows = []
+    for s in range(len(next(iter(values.values())))):
+        name = f"eval-clip-synthetic-{s:08d}"
+        _eval_run(root, name, "clip", _ranks(20 + s, 0.4))
+        rows.append({"stage_id": name, "model": "clip", "scale": "smoke", "regime": "finetuned",
+                     "status": "done", "has_result": True, "run_dir": str(root / name),
+                     "overrides": f"seed={s}", **GALLERY,
+                     **{f"metric.{m}": v[s] for m, v in values.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_two_seeds_are_a_mean_with_std_and_their_mean_interval(tmp_path: Path) -> None:
+    unit = _seed_unit(tmp_path, {m: [10.0, 20.0] for m in METRICS})
+    cells, fields = _harness_cells(unit, None)
+    bounds = [read_record(Path(d)).intervals.bounds["i2t_R@1"] for d in unit["run_dir"]]
+    low, high = (bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2
+    assert cells[5] == f"15.00 ± 7.07 [{low:.1f}, {high:.1f}]"
+    assert (fields["i2t_R@1"], fields["i2t_R@1_low"], fields["i2t_R@1_high"]) == pytest.approx(
+        (15.0, low, high))
+    assert fields["i2t_R@1_std"] == pytest.approx(math.sqrt(50))
+    assert (fields["n_seeds"], fields["seeds"]) == (2, "0 1")
+    assert cells[-2] == "done; mean ± std over n=2 seeds (0, 1)"
+
+
+def test_a_metric_a_done_row_lacks_is_an_empty_cell_before_the_others() -> None:
+    # A row without a run record (no interval) and without i2t R@1: its other metrics print.
+    unit = pd.DataFrame([{"stage_id": "eval-x", "model": "clip", "status": "done",
+                          "has_result": True, "run_dir": None, **GALLERY,
+                          **{f"metric.{m}": math.nan if m == "i2t_R@1" else 1.0
+                             for m in METRICS}}])
+    cells, fields = _harness_cells(unit, None)
+    assert cells[5:12] == ["", "1.00", "1.00", "1.00", "1.00", "1.00", "1.00"]
+    assert "i2t_R@1" not in fields and fields["rsum"] == 1.0
+
+
+def _eval_row(stage_id: str, model: str, dataset: str, split: str, **fields: Any
+              ) -> dict[str, Any]:
+    """A done eval row of the collected frame with every table metric (no run record)."""
+    return {**_row(stage_id, model, dataset=dataset, split=split, regime="finetuned",
+                   run_dir=None, **GALLERY), **{f"metric.{m}": 1.0 for m in METRICS}, **fields}
+
+
+def test_a_paper_dataset_off_the_published_protocols_is_still_a_paper_dataset(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row("eval-clip-coco-1", "clip", "coco", "val"),
+                       _eval_row("eval-clip-synthetic-2", "clip", "synthetic", "test")])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    assert [s.heading for s in table.sections] == [
+        "coco — split val: not a published protocol: no paper counterpart, paper columns empty",
+        "synthetic — not a dataset of the paper (no published rows in results/paper/): no "
+        "paper counterpart, paper columns empty"]
+
+
+def test_a_first_stage_without_a_label_is_named_by_its_stage_id(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([
+        _eval_row("eval-clip-1", "clip", "synthetic", "test", label=math.nan),
+        _eval_row("eval-cookie-2", "cookie", "synthetic", "test", label="eval:cookie:synthetic",
+                  **{"protocol.rerank_k": 4, "protocol.first_stage": "eval-clip-1"})])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    protocols = [dict(zip(table.columns, r))["Protocol / gallery"] for r in table.sections[0].rows]
+    assert protocols == ["1000 img / 5000 txt", "1000 img / 5000 txt; top-4 rerank of eval-clip-1"]
+
+
+COCO_5K = {"protocol.n_images": 5000, "protocol.n_texts": 25000}
+
+
+def _by_source(table: Any, heading_start: str) -> list[dict[str, str]]:
+    """The rows of the section whose heading starts so, by column name."""
+    section = next(s for s in table.sections if s.heading.startswith(heading_start))
+    return [dict(zip(table.columns, r)) for r in section.rows]
+
+
+def test_done_rows_of_one_dataset_on_two_protocols_are_two_sections() -> None:
+    rows = pd.DataFrame([{"dataset": "coco", "split": "test", "regime": "finetuned",
+                          "protocol.n_images": n, "status": "done", "has_result": True}
+                         for n in (5000, 1000)])
+    assert _section_keys(rows) == [("coco", ("karpathy_test", "finetuned_5k")),
+                                   ("coco", ("karpathy_test", "finetuned_1k"))]
+
+
+def test_a_section_after_one_without_a_paper_protocol_gets_its_paper_row_and_delta(
+        paper: pd.DataFrame) -> None:
+    # The synthetic section comes first and joins no published protocol; the COCO 5K one
+    # after it still gets COOKIE's published row and the Δ row, with a dash under Variant and
+    # an empty cell for the metric the harness row lacks.
+    df = pd.DataFrame([
+        _eval_row("eval-clip-synthetic-1", "clip", "synthetic", "test"),
+        _eval_row("eval-cookie-coco-2", "cookie", "coco", "test", scale="paper",
+                  overrides="model.wst.layers=0", **COCO_5K, **{"metric.i2t_R@1": math.nan})])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    paper_row, harness, delta = _by_source(table, "COCO")
+    assert (paper_row["Source"], harness["Source"], delta["Source"]) == (
+        "paper", "harness", "Δ vs paper")
+    assert (paper_row["i2t R@5"], harness["i2t R@5"], delta["i2t R@5"]) == (
+        "90.9†", "1.00", "-89.90")
+    assert (harness["i2t R@1"], delta["i2t R@1"], delta["Variant"]) == ("", "", "—")
+
+
+def test_seeds_of_a_paper_scale_model_get_no_delta_row(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row(f"eval-cookie-coco-{s}", "cookie", "coco", "test",
+                                 scale="paper", overrides=f"seed={s}", **COCO_5K)
+                       for s in (0, 1)])
+    table = retrieval_table(df, {"name": "g"}, paper)
+    assert [r["Source"] for r in _by_source(table, "COCO")] == ["paper", "harness"]
+
+
+def test_a_not_run_published_section_has_a_full_row_and_a_harness_csv_line(
+        paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row(f"eval-cookie-coco-{i}", "cookie", "coco", "test",
+                                 overrides=f"model.wst.layers={i}", **COCO_5K)
+                       for i in (0, 2)])
+    table = retrieval_table(df, {"name": "g", "paper_table": "table2"}, paper)
+    assert "Variant" in table.columns
+    not_run = [r for r in _by_source(table, "Flickr30K") if r["Status"].startswith("not run")]
+    assert len(not_run) == 1 and len(not_run[0]) == len(table.columns)
+    assert [not_run[0][c] for c in ("Source", "Model", "Variant", "Scale")] == [
+        "harness", "—", "—", "—"]
+    line = table.data[table.data["status"].str.startswith("not run", na=False)]
+    assert line[["source", "model", "section_dataset"]].values.tolist() == [
+        ["harness", "", "flickr30k"]]
+
+
+def test_a_harness_row_without_numbers_has_an_empty_paired_cell(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row("eval-cookie-1", "cookie", "synthetic", "test"),
+                       {**_eval_row("eval-clip-2", "clip", "synthetic", "test"),
+                        "status": "pending", "has_result": False}])
+    table = retrieval_table(df, {"name": "g", "reference": {"model": "cookie"}}, paper)
+    cells = [r["Paired Δ vs reference"] for r in _by_source(table, "synthetic")]
+    assert cells == ["reference", ""]
+
+
+def test_a_claim_is_printed_whole_in_the_title(paper: pd.DataFrame) -> None:
+    df = pd.DataFrame([_eval_row("eval-clip-1", "clip", "synthetic", "test")])
+    table = retrieval_table(df, {"name": "g", "claim": "as fast as model X"}, paper)
+    assert table.title == "g: cross-modal retrieval — as fast as model X"
