@@ -192,3 +192,60 @@ def test_ranking_a_gallery_of_several_tiles_in_several_row_chunks_warns_of_nothi
             for got in (retrieval_ranks(img @ txt.T, txt2img, 2),
                         retrieval_ranks_from_embeddings(img, txt, txt2img, 2)):
                 assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def _count_buffer_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows of every count buffer the ranking allocates (its memory is rows x gallery)."""
+    import harness.eval.ranking as ranking
+
+    rows: list[int] = []
+    allocate = ranking._count_buffer
+
+    def spy(n_rows: int, cols: int, device: torch.device) -> torch.Tensor:
+        rows.append(n_rows)
+        return allocate(n_rows, cols, device)
+
+    monkeypatch.setattr(ranking, "_count_buffer", spy)
+    return rows
+
+
+@pytest.mark.parametrize(("chunk_size", "held"), [(None, 256), (7, 7)])
+def test_unimodal_ranking_on_the_cpu_holds_the_rows_it_is_told_or_256_whole_rows(
+        chunk_size: int | None, held: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.eval.ranking import _CPU_WHOLE_ROW_CHUNK, multi_positive_ranks
+
+    # Whole gallery rows per chunk bound the memory (docs/performance.md): 256 rows by default
+    # on the CPU, not the 1024 of the tiled two-way pass, and exactly chunk_size when given.
+    assert _CPU_WHOLE_ROW_CHUNK == 256
+    rows = _count_buffer_rows(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    queries, gallery = torch.randn(300, 4, generator=g), torch.randn(9, 4, generator=g)
+    ranks = multi_positive_ranks(queries, gallery, torch.arange(300) % 9, torch.arange(9),
+                                 chunk_size=chunk_size, device="cpu")
+    assert rows == [held]
+    assert ranks.shape == (300,) and int(ranks.min()) >= 1
+
+
+def test_each_tile_of_the_two_way_pass_lands_in_one_preallocated_score_buffer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Extra memory is one tile of scores (docs/performance.md): every tile's GEMM writes into
+    # the same buffer instead of allocating a fresh chunk x tile tensor.
+    import harness.eval.ranking as ranking
+
+    monkeypatch.setattr(ranking, "CPU_TILE_COLS", 5)
+    outs: list[int | None] = []
+    mm = torch.mm
+
+    def spy(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        outs.append(None if out is None else out.untyped_storage().data_ptr())
+        return mm(a, b, out=out) if out is not None else mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(7, 4, generator=g), torch.randn(12, 4, generator=g)
+    got = retrieval_ranks_from_embeddings(img, txt, torch.arange(12) % 7, chunk_size=3)
+    monkeypatch.undo()
+    want = retrieval_ranks_from_embeddings(img, txt, torch.arange(12) % 7, chunk_size=3)
+    assert [r.tolist() for r in got] == [r.tolist() for r in want]
+    assert len(outs) == 3 * 3  # 3 row chunks x 3 tiles of 5, 5 and 2 captions
+    assert None not in outs and len(set(outs)) == 1
