@@ -56,6 +56,18 @@ def test_another_thread_or_cuda_keeps_the_default(monkeypatch: pytest.MonkeyPatc
 
 
 @linux_only
+def test_a_queue_in_use_keeps_the_default() -> None:
+    queue: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()
+    queue.put(1)  # starts its feeder thread, which lives as long as the queue is open
+    try:
+        assert worker_context(2) is None
+    finally:
+        assert queue.get(timeout=10) == 1
+        queue.close()
+        queue.join_thread()
+
+
+@linux_only
 def test_eval_workers_fork_under_an_inherited_spawn_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -101,3 +113,30 @@ def test_training_workers_fork_under_an_inherited_spawn_default(
     del batches
     assert torch.cat([first, second])[:, 0].tolist() == [1.0] * 8  # forked workers
     assert torch.cat([first, second])[:, 1].tolist() == [1.0] * 8  # stop signals ignored
+
+
+@linux_only
+def test_a_loader_built_as_the_last_ones_workers_exit_still_forks(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a re-ranking eval: the first stage's encode loader shuts down, the cross-encoder's
+    # loader is built at once. The old loader's queue feeders are still exiting then, half of
+    # the time; they must not count as a thread that forbids forking.
+    from harness.train.sampling import build_loader
+
+    default = multiprocessing.context._default_context
+    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
+
+    def build() -> torch.utils.data.DataLoader:
+        return build_loader(ParentState(), torch.stack, batch_size=4, seed=0, start=0, rank=0,
+                            world_size=1, num_workers=2, pin_memory=False)
+
+    started_by = []
+    loader = build()
+    for _ in range(8):
+        batches = iter(loader)
+        started_by.append(torch.cat([next(batches), next(batches)])[:, 0].tolist())
+        del batches  # its workers exit, and its queue feeders begin to
+        loader = build()  # at once
+    assert started_by == [[1.0] * 8] * 8  # every loader forked its workers

@@ -6,6 +6,7 @@ import multiprocessing
 import random
 import sys
 import threading
+import time
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -110,6 +111,26 @@ def worker_context(num_workers: int) -> BaseContext | None:
     """
     if num_workers <= 0 or sys.platform != "linux":
         return None
-    if torch.cuda.is_initialized() or threading.active_count() > 1:
+    if torch.cuda.is_initialized() or not _only_thread_left():
         return None
     return multiprocessing.get_context("fork")
+
+
+# A loader that has just shut its workers down leaves one multiprocessing queue feeder thread
+# per worker, which flushes the closed queue and exits within milliseconds. Counted as "another
+# thread", it would make the next loader of the process (an eval right after a first stage's
+# encode) spawn its workers half of the time.
+_FEEDER_THREAD = "QueueFeederThread"  # the name multiprocessing.queues gives it
+_FEEDER_SETTLE_S = 1.0
+
+
+def _only_thread_left(settle_s: float = _FEEDER_SETTLE_S) -> bool:
+    """True when this is the process's only Python thread, once finishing feeders have exited.
+
+    A feeder of a queue still in use does not exit: after ``settle_s`` it still counts.
+    """
+    deadline = time.monotonic() + settle_s
+    for thread in threading.enumerate():
+        if thread.name == _FEEDER_THREAD and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return threading.active_count() == 1
