@@ -67,19 +67,24 @@ def test_a_queue_in_use_keeps_the_default() -> None:
         queue.join_thread()
 
 
+@pytest.fixture
+def spawn_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a stage process started by spawn: "spawn" is the process-wide default, and
+    PARENT_STATE is 1 here, so a forked worker sees 1 and a spawned one re-imports 0."""
+    default = multiprocessing.context._default_context
+    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
+
+
 @linux_only
 def test_eval_workers_fork_under_an_inherited_spawn_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, spawn_default: None
 ) -> None:
     paths = []
     for i in range(4):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (4, 4), (i, 0, 0)).save(paths[-1])
     corpus = SimpleNamespace(n_images=4, image_paths=paths)
-    # As in a stage process started by spawn: "spawn" is the process-wide default.
-    default = multiprocessing.context._default_context
-    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
-    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
     out = encode_images(Identity(), corpus, Report(), batch_size=2,
                         device=torch.device("cpu"), num_workers=2)
     assert out[:, 0].tolist() == [1.0] * 4  # forked: the parent's state is there
@@ -97,46 +102,35 @@ class ParentState(torch.utils.data.Dataset):
         return torch.tensor([float(PARENT_STATE), float(ignored)])
 
 
-@linux_only
-def test_training_workers_fork_under_an_inherited_spawn_default(
-    monkeypatch: pytest.MonkeyPatch
-) -> None:
+def training_loader() -> torch.utils.data.DataLoader:
+    """The training loader of ParentState items, two workers, four items a batch."""
     from harness.train.sampling import build_loader
 
-    default = multiprocessing.context._default_context
-    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
-    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
-    loader = build_loader(ParentState(), torch.stack, batch_size=4, seed=0, start=0, rank=0,
-                          world_size=1, num_workers=2, pin_memory=False)
+    return build_loader(ParentState(), torch.stack, batch_size=4, seed=0, start=0, rank=0,
+                        world_size=1, num_workers=2, pin_memory=False)
+
+
+def first_two_batches(loader: torch.utils.data.DataLoader) -> torch.Tensor:
+    """The loader's first eight items; its workers shut down when this returns."""
     batches = iter(loader)
-    first, second = next(batches), next(batches)
-    del batches
-    assert torch.cat([first, second])[:, 0].tolist() == [1.0] * 8  # forked workers
-    assert torch.cat([first, second])[:, 1].tolist() == [1.0] * 8  # stop signals ignored
+    return torch.cat([next(batches), next(batches)])
 
 
 @linux_only
-def test_a_loader_built_as_the_last_ones_workers_exit_still_forks(
-    monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_training_workers_fork_under_an_inherited_spawn_default(spawn_default: None) -> None:
+    items = first_two_batches(training_loader())
+    assert items[:, 0].tolist() == [1.0] * 8  # forked workers
+    assert items[:, 1].tolist() == [1.0] * 8  # stop signals ignored
+
+
+@linux_only
+def test_a_loader_built_as_the_last_ones_workers_exit_still_forks(spawn_default: None) -> None:
     # As in a re-ranking eval: the first stage's encode loader shuts down, the cross-encoder's
     # loader is built at once. The old loader's queue feeders are still exiting then, half of
     # the time; they must not count as a thread that forbids forking.
-    from harness.train.sampling import build_loader
-
-    default = multiprocessing.context._default_context
-    monkeypatch.setattr(default, "_actual_context", multiprocessing.get_context("spawn"))
-    monkeypatch.setattr(sys.modules[__name__], "PARENT_STATE", 1)
-
-    def build() -> torch.utils.data.DataLoader:
-        return build_loader(ParentState(), torch.stack, batch_size=4, seed=0, start=0, rank=0,
-                            world_size=1, num_workers=2, pin_memory=False)
-
     started_by = []
-    loader = build()
+    loader = training_loader()
     for _ in range(8):
-        batches = iter(loader)
-        started_by.append(torch.cat([next(batches), next(batches)])[:, 0].tolist())
-        del batches  # its workers exit, and its queue feeders begin to
-        loader = build()  # at once
+        started_by.append(first_two_batches(loader)[:, 0].tolist())
+        loader = training_loader()  # at once, as its workers and their queue feeders exit
     assert started_by == [[1.0] * 8] * 8  # every loader forked its workers
